@@ -1,0 +1,205 @@
+"""Exact integer arithmetic carried in float64, for the networks that drive the entropy coder.
+
+Why: the rANS decoder must see the very same scale indexes and means as the encoder, or it derails (CompressAI
+#279/#309). Floating-point convolutions differ across thread counts, BLAS/cuDNN algorithms and devices. Here the
+hyper synthesis, the context model and the entropy-parameter network run on integers (Ballé et al., ICLR 2019,
+"Integer networks"):
+
+* activations are integers ``a`` standing for ``a * 2**-FRAC_BITS``, clamped to ``±ACT_LIMIT``;
+* each output channel's weights are integers ``w`` standing for ``w * 2**-s_c`` with ``|w| <= 2**WEIGHT_BITS``;
+* an accumulator is a sum of at most ``fan_in`` products, so ``|acc| <= fan_in * 2**WEIGHT_BITS * ACT_LIMIT + |bias|``,
+  which ``quantize_conv`` proves below 2**53 for every layer; float64 represents all such integers, and any sum of
+  them in any order is exact. So a convolution gives the same integers under any BLAS, thread split, FMA use or
+  device, as long as the algorithm only multiplies and adds (direct/im2col/GEMM; not FFT or Winograd: we turn cuDNN
+  and oneDNN off inside ``exact_mode``);
+* rescaling multiplies by a power of two (exact) and rounds with ``floor(x + 1/2)`` (exact);
+* LeakyReLU uses the dyadic slope ``LEAKY_SLOPE`` so the float model and the integer model agree.
+
+Weight quantization itself only multiplies by powers of two and rounds, so it too gives the same integers on every
+device from the same float32 weights. Two evaluation paths (``Backend.NATIVE`` = torch's convolution,
+``Backend.IM2COL`` = unfold + matrix product) exist so tests can show the result does not depend on the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mvic.shared.errors import ExactnessError
+
+FRAC_BITS = 8  # activation resolution 2**-8
+ACT_LIMIT = float(2**22)  # |activation| in integer units, i.e. values within ±16384
+WEIGHT_BITS = 16  # |integer weight| <= 2**16 per output channel
+MAX_SHIFT = 40  # a channel of tiny weights is not scaled beyond 2**40
+EXACT_LIMIT = float(2**53)  # float64 holds every integer below this exactly
+LEAKY_NUM, LEAKY_SHIFT = 655, 16
+LEAKY_SLOPE = LEAKY_NUM / 2**LEAKY_SHIFT  # ~0.01; used by the float model too
+
+_ONE = float(2**FRAC_BITS)
+
+
+class Backend(str, Enum):
+    NATIVE = "native"  # torch.nn.functional.conv2d / conv_transpose2d in float64
+    IM2COL = "im2col"  # unfold + matmul in float64
+
+
+@dataclass(frozen=True)
+class ExactOptions:
+    """How to evaluate the integer networks; every choice gives the same integers."""
+
+    backend: Backend = Backend.NATIVE
+    channels_last: bool = False
+
+
+@contextlib.contextmanager
+def exact_mode() -> Iterator[None]:
+    """Disable convolution algorithms that are not plain multiply-adds (cuDNN FFT/Winograd, oneDNN)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        with torch.backends.cudnn.flags(enabled=False), torch.backends.mkldnn.flags(enabled=False):
+            yield
+
+
+def to_fixed(x: Tensor) -> Tensor:
+    """Float values -> float64 integers in units of 2**-FRAC_BITS (round half up), clamped."""
+    return torch.floor(x.double() * _ONE + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+def from_fixed(x_fx: Tensor) -> Tensor:
+    return x_fx * (1.0 / _ONE)
+
+
+def round_shift(acc: Tensor, inv_scale: Tensor | float) -> Tensor:
+    """round(acc * inv_scale) with inv_scale a power of two: exact."""
+    return torch.floor(acc * inv_scale + 0.5)
+
+
+def leaky_relu_fixed(x_fx: Tensor) -> Tensor:
+    return torch.where(x_fx >= 0, x_fx, round_shift(x_fx * LEAKY_NUM, 2.0**-LEAKY_SHIFT))
+
+
+@dataclass(frozen=True)
+class IntConv:
+    """An integer form of a Conv2d / ConvTranspose2d (masks applied), ready for exact evaluation."""
+
+    weight: Tensor  # float64 integers, same layout as the float module's weight
+    inv_scale: Tensor  # (C_out,) float64 powers of two, 2**-s_c
+    bias: Tensor  # (C_out,) float64 integers at accumulator scale 2**-(FRAC_BITS + s_c)
+    stride: int
+    padding: int
+    output_padding: int
+    transposed: bool
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[1 if self.transposed else 0]
+
+    def __call__(self, x_fx: Tensor, opts: ExactOptions = ExactOptions()) -> Tensor:
+        if opts.channels_last:
+            x_fx = x_fx.contiguous(memory_format=torch.channels_last)
+        if opts.backend is Backend.IM2COL:
+            acc = self._im2col(x_fx)
+        elif self.transposed:
+            acc = F.conv_transpose2d(x_fx, self.weight, None, self.stride, self.padding, self.output_padding)
+        else:
+            acc = F.conv2d(x_fx, self.weight, None, self.stride, self.padding)
+        acc = acc + self.bias.view(1, -1, 1, 1)
+        return round_shift(acc, self.inv_scale.view(1, -1, 1, 1)).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def rows(self, x_rows: Tensor) -> Tensor:
+        """A 1x1 convolution applied to rows of channel vectors: (P, C_in) -> (P, C_out)."""
+        w = self.weight.reshape(self.weight.shape[0], -1)  # (C_out, C_in)
+        acc = x_rows @ w.t() + self.bias
+        return round_shift(acc, self.inv_scale).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def _im2col(self, x: Tensor) -> Tensor:
+        k = self.weight.shape[-1]
+        if self.transposed:
+            # A transposed convolution is a stride-1 convolution of the zero-dilated input with the flipped,
+            # in/out-swapped kernel, padded by k-1-p (plus output_padding on the bottom/right).
+            b, c, h, w = x.shape
+            s = self.stride
+            dil = x.new_zeros(b, c, (h - 1) * s + 1, (w - 1) * s + 1)
+            dil[:, :, ::s, ::s] = x
+            p = k - 1 - self.padding
+            x = F.pad(dil, (p, p + self.output_padding, p, p + self.output_padding))
+            weight = self.weight.flip(-1, -2).transpose(0, 1)  # (C_out, C_in, k, k)
+            stride, padding = 1, 0
+        else:
+            weight, stride, padding = self.weight, self.stride, self.padding
+        b, _, h, w = x.shape
+        ho = (h + 2 * padding - k) // stride + 1
+        wo = (w + 2 * padding - k) // stride + 1
+        cols = F.unfold(x, k, padding=padding, stride=stride)  # (B, C_in*k*k, Ho*Wo)
+        out = weight.reshape(weight.shape[0], -1) @ cols  # (B, C_out, Ho*Wo)
+        return out.view(b, -1, ho, wo)
+
+
+def quantize_conv(module: nn.Module) -> IntConv:
+    """Integer form of a (masked) Conv2d or ConvTranspose2d; raises ExactnessError if it could overflow."""
+    transposed = isinstance(module, nn.ConvTranspose2d)
+    if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        raise ExactnessError(f"{type(module).__name__} has no integer form; only convolutions do")
+    if module.groups != 1 or module.dilation not in ((1, 1), 1):
+        raise ExactnessError("grouped or dilated convolutions have no integer form here")
+    w = module.weight.detach().double()
+    mask = getattr(module, "mask", None)
+    if mask is not None:
+        w = w * mask.double()
+    out_dim = 1 if transposed else 0
+    other = tuple(d for d in range(w.dim()) if d != out_dim)
+    maxabs = w.abs().amax(dim=other)
+    _, exponent = torch.frexp(maxabs)  # maxabs < 2**exponent
+    shift = (WEIGHT_BITS - exponent.double()).clamp(max=MAX_SHIFT)
+    shape = [1] * w.dim()
+    shape[out_dim] = -1
+    w_int = torch.round(w * torch.exp2(shift).view(shape))
+    bias = module.bias.detach().double() if module.bias is not None else w.new_zeros(maxabs.shape)
+    b_int = torch.round(bias * torch.exp2(shift + FRAC_BITS))
+    fan_in = w[0].numel() if not transposed else w.shape[0] * w.shape[2] * w.shape[3]
+    bound = fan_in * float(w_int.abs().max()) * ACT_LIMIT + float(b_int.abs().max())
+    if bound >= EXACT_LIMIT:
+        raise ExactnessError(
+            f"{type(module).__name__} could reach {bound:.3g} >= 2**53 in integer form; its bias or fan-in is too "
+            "large for exact float64 arithmetic (retrain with smaller biases or lower FRAC_BITS)"
+        )
+    pad = module.padding[0]
+    out_pad = module.output_padding[0] if transposed else 0
+    return IntConv(w_int, torch.exp2(-shift), b_int, module.stride[0], pad, out_pad, transposed)
+
+
+IntLayer = IntConv | str  # "leaky" marks a LeakyReLU between convolutions
+
+
+def quantize_sequential(seq: nn.Sequential) -> list[IntLayer]:
+    """Integer form of a Sequential of convolutions and LeakyReLU(LEAKY_SLOPE)."""
+    layers: list[IntLayer] = []
+    for m in seq:
+        if isinstance(m, nn.LeakyReLU):
+            if m.negative_slope != LEAKY_SLOPE:
+                raise ExactnessError(f"LeakyReLU slope {m.negative_slope} is not the dyadic {LEAKY_SLOPE}")
+            layers.append("leaky")
+        else:
+            layers.append(quantize_conv(m))
+    return layers
+
+
+def run_layers(layers: list[IntLayer], x_fx: Tensor, opts: ExactOptions) -> Tensor:
+    """Evaluate an integer Sequential on a (B, C, H, W) fixed-point tensor."""
+    for layer in layers:
+        x_fx = leaky_relu_fixed(x_fx) if isinstance(layer, str) else layer(x_fx, opts)
+    return x_fx
+
+
+def run_rows(layers: list[IntLayer], rows: Tensor) -> Tensor:
+    """Evaluate an integer Sequential of 1x1 convolutions on (P, C) rows."""
+    for layer in layers:
+        rows = leaky_relu_fixed(rows) if isinstance(layer, str) else layer.rows(rows)
+    return rows

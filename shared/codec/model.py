@@ -1,0 +1,291 @@
+"""LDMIC assembled: per-view encoder, exact entropy model, joint decoder. The codec's public API.
+
+Hop before: a camera frame, (H, W, 3) uint8 (``mvic.node`` capture, or a file for ``mvic-codec``).
+Hop after: ``compress_view`` -> ``ViewBitstream`` -> ``mvic.shared.bitstream.pack`` -> gRPC / file;
+``decompress(views)`` -> ``DecodedView`` images for the sinks.
+
+Encoder (one view, CPU): x -> g_a -> y * gain_y[q] -> h_a -> z * gain_z[q] -> rANS(z) -> h_s (exact) ->
+context model (exact) -> rANS(y). Decoder (any K >= 1 views of one group, any device): rANS(z) -> h_s -> context
+model -> y_hat per view (exactly the encoder's), then y_hat * y_inverse[q] -> JCT -> synthesis half 1 -> JCT ->
+synthesis half 2, with the views as a tensor dimension (B, V, C, H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models import CompressionModel
+from compressai.ops import quantize_ste
+from torch import Tensor
+
+from mvic.shared.bitstream import ViewBitstream, ViewHeader, padding_for
+from mvic.shared.codec.context import AutoregressiveContext, CheckerboardContext, GaussianTables
+from mvic.shared.codec.entropy_coding import CdfTable, CodingSession, DecodeSession, EncodeSession
+from mvic.shared.codec.fixedpoint import (
+    ACT_LIMIT,
+    FRAC_BITS,
+    ExactOptions,
+    exact_mode,
+    from_fixed,
+    quantize_sequential,
+    round_shift,
+    run_layers,
+    to_fixed,
+)
+from mvic.shared.codec.gains import GAIN_BITS, RateGains
+from mvic.shared.codec.images import to_image, to_padded_tensor
+from mvic.shared.codec.jct import JointContextTransfer
+from mvic.shared.codec.transforms import (
+    analysis,
+    hyper_analysis,
+    hyper_synthesis,
+    synthesis_first_half,
+    synthesis_second_half,
+)
+from mvic.shared.errors import (
+    CorruptBitstreamError,
+    DesyncError,
+    GroupError,
+    ImageError,
+    ModelMismatchError,
+    WeightsError,
+)
+from mvic.shared.model_table import MODELS_BY_ID, ContextModel, ModelSpec
+
+_ONE = float(2**FRAC_BITS)
+
+
+@dataclass(frozen=True)
+class RDOutput:
+    """Forward pass of a batch of view groups."""
+
+    x_hat: Tensor  # (B, V, 3, H, W)
+    likelihoods_y: Tensor  # (B, V, M, H/16, W/16)
+    likelihoods_z: Tensor  # (B, V, N, H/64, W/64)
+
+
+@dataclass(frozen=True)
+class DecodedView:
+    header: ViewHeader
+    image: np.ndarray  # (height, width, 3) uint8
+
+
+@dataclass(frozen=True)
+class _Latents:
+    y_hat_fx: Tensor  # (B, M, h, w) exact, units 2**-FRAC_BITS, in the gained domain
+    scales: Tensor  # (B, M, h, w) table scales the symbols were coded with
+    means: Tensor  # (B, M, h, w)
+    z_hat: Tensor  # (B, N, h/4, w/4) dequantized hyper latent (gained domain)
+
+
+class LDMIC(CompressionModel):
+    """Variable-rate LDMIC / LDMIC-fast for any number of views."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        n, m = spec.n, spec.m
+        self.g_a = analysis(n, m)
+        self.h_a = hyper_analysis(n, m)
+        self.h_s = hyper_synthesis(n, m)
+        self.entropy_bottleneck = EntropyBottleneck(n)
+        self.gaussian_conditional = GaussianConditional(None)
+        context = CheckerboardContext if spec.context is ContextModel.CHECKERBOARD else AutoregressiveContext
+        self.context = context(m)
+        self.gains = RateGains(spec.lambdas, n, m)
+        self.jct_1 = JointContextTransfer(m)
+        self.synthesis_1 = synthesis_first_half(n, m)
+        self.jct_2 = JointContextTransfer(n)
+        self.synthesis_2 = synthesis_second_half(n)
+        self.weights_hash: bytes | None = None  # set by the registry when weights are loaded from a file
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(self, x: Tensor, rate: Tensor) -> RDOutput:
+        """x: (B, V, 3, H, W) in [0, 1], H and W multiples of 64; rate: (B,) or (B, V) rate indexes.
+
+        Training mode: noise for the rates, straight-through rounding for the decoder (mixed quantization).
+        Eval mode: the exact coding path without the rANS coder, so x_hat is what ``decompress`` will give.
+        """
+        b, v, _, h, w = x.shape
+        if h % 64 or w % 64:
+            raise ImageError(f"forward needs H and W multiples of 64, got {h}x{w}; crop or pad the batch")
+        rate = self._rates(rate, b, v)  # (B*V,)
+        flat = x.reshape(b * v, 3, h, w)  # (B*V, 3, H, W)
+        y = self.g_a(flat) * RateGains.pick(self.gains.y_gain, rate)  # (B*V, M, h, w), gained
+        z = self.h_a(y) * RateGains.pick(self.gains.z_gain, rate)  # (B*V, N, h/4, w/4), gained
+        if self.training:
+            _, lik_z = self.entropy_bottleneck(z)
+            medians = self.entropy_bottleneck._get_medians().view(1, -1, 1, 1)
+            z_hat = quantize_ste(z - medians) + medians
+            params = self.h_s(z_hat * RateGains.pick(self.gains.z_inverse, rate))
+            scales, means = self.context.train_params(y, params)
+            _, lik_y = self.gaussian_conditional(y, scales, means)
+            y_hat = quantize_ste(y - means) + means
+        else:
+            with exact_mode():
+                lat = self._code_latents(y, z, rate, CodingSession(b * v), ExactOptions())
+            _, lik_z = self.entropy_bottleneck(lat.z_hat, training=False)
+            y_hat = from_fixed(lat.y_hat_fx).float()
+            lik_y = self._likelihood_y(y_hat, lat)
+        x_hat = self._synthesize(y_hat * RateGains.pick(self.gains.y_inverse, rate), b, v)
+        return RDOutput(x_hat, lik_y.view(b, v, *lik_y.shape[1:]), lik_z.view(b, v, *lik_z.shape[1:]))
+
+    def _likelihood_y(self, y_hat: Tensor, lat: _Latents) -> Tensor:
+        gc = self.gaussian_conditional
+        lik = gc._likelihood(y_hat, lat.scales.float(), lat.means.float())
+        return gc.likelihood_lower_bound(lik) if gc.use_likelihood_bound else lik
+
+    def _synthesize(self, y_hat: Tensor, b: int, v: int) -> Tensor:
+        """(B*V, M, h, w) -> (B, V, 3, 16h, 16w), joint over the V views of each group."""
+        f = self.jct_1(y_hat.view(b, v, *y_hat.shape[1:]))  # (B, V, M, h, w)
+        f = self.synthesis_1(f.flatten(0, 1))  # (B*V, N, 4h, 4w)
+        f = self.jct_2(f.view(b, v, *f.shape[1:]))  # (B, V, N, 4h, 4w)
+        x_hat = self.synthesis_2(f.flatten(0, 1))  # (B*V, 3, 16h, 16w)
+        return x_hat.view(b, v, *x_hat.shape[1:])
+
+    def _rates(self, rate: Tensor | int, b: int, v: int) -> Tensor:
+        rate = torch.as_tensor(rate, dtype=torch.long, device=self.gains.y_gain.device)
+        if rate.dim() <= 1:
+            rate = rate.reshape(-1, 1)
+        rate = rate.expand(b, v).reshape(-1)  # (B*V,)
+        if int(rate.min()) < 0 or int(rate.max()) >= self.spec.num_rates:
+            raise ValueError(f"rate index out of range 0..{self.spec.num_rates - 1}")
+        return rate
+
+    # ------------------------------------------------------------------------------------- exact entropy model
+    def _gaussian_tables(self) -> GaussianTables:
+        gc = self.gaussian_conditional
+        return GaussianTables(CdfTable.of(gc), gc.scale_table.double(), float(gc.lower_bound_scale.bound))
+
+    def _code_latents(self, y: Tensor | None, z: Tensor | None, rate: Tensor, session: CodingSession,
+                      opts: ExactOptions, y_size: tuple[int, int] | None = None) -> _Latents:
+        """The one path that encoder, decoder and eval forward share. y, z: gained latents (None to decode)."""
+        eb = self.entropy_bottleneck
+        if y is not None:
+            y_size = y.shape[-2:]
+        h, w = y_size
+        b = rate.shape[0]
+        n = self.spec.n
+        device = rate.device
+        medians = eb._get_medians().detach().double().view(1, n, 1, 1)
+        z_shape = (b, n, h // 4, w // 4)
+        z_idx = torch.arange(n, device=device).view(1, n, 1, 1).expand(z_shape)
+        z_sym = session.code(z, medians.expand(z_shape), z_idx, CdfTable.of(eb))  # (B, N, h/4, w/4)
+        z_hat_fx = (z_sym * _ONE + to_fixed(medians)).clamp(-ACT_LIMIT, ACT_LIMIT)
+        h_in = round_shift(z_hat_fx * self.gains.z_inverse_fixed(rate), 2.0**-GAIN_BITS)
+        params_fx = run_layers(quantize_sequential(self.h_s), h_in.clamp(-ACT_LIMIT, ACT_LIMIT), opts)
+        target = y.double() if y is not None else None
+        coded = self.context.code(params_fx, target, session, self._gaussian_tables(), opts)
+        return _Latents(coded.y_hat_fx, coded.scales, coded.means, (z_sym + medians).float())
+
+    # ---------------------------------------------------------------------------------------------- encoder
+    @torch.no_grad()
+    def compress_view(self, image: np.ndarray, rate_index: int, *, camera_id: str = "cam", sequence: int = 0,
+                      capture_ns: int = 0, opts: ExactOptions = ExactOptions()) -> ViewBitstream:
+        """Encode one camera view, (H, W, 3) uint8, into a self-describing bitstream. No other view is needed."""
+        weights_hash = self._require_weights_hash()
+        device = self.gains.y_gain.device
+        x = to_padded_tensor(image, device)  # (1, 3, Hp, Wp)
+        rate = self._rates(rate_index, 1, 1)  # (1,)
+        session = EncodeSession(1)
+        with exact_mode():
+            y = self.g_a(x) * RateGains.pick(self.gains.y_gain, rate)  # (1, M, Hp/16, Wp/16)
+            z = self.h_a(y) * RateGains.pick(self.gains.z_gain, rate)  # (1, N, Hp/64, Wp/64)
+            self._code_latents(y, z, rate, session, opts)
+        stream = session.finish()[0]
+        h, w = image.shape[:2]
+        pad_b, pad_r = padding_for(h, w)
+        header = ViewHeader(self.spec.model_id, weights_hash, int(rate_index), camera_id, sequence, capture_ns,
+                            h, w, pad_b, pad_r, session.symbol_crc(0))
+        header.validate()
+        return ViewBitstream(header, (stream,))
+
+    # ---------------------------------------------------------------------------------------------- decoder
+    @torch.no_grad()
+    def decompress(self, views: Sequence[ViewBitstream], opts: ExactOptions = ExactOptions()) -> list[DecodedView]:
+        """Decode any number of views of one timestamp jointly; results are in the order given.
+
+        Views of different sizes are decoded in sub-groups of equal size. Raises ModelMismatchError for a view
+        coded with another model or other weights, DesyncError if entropy decoding went wrong for some views.
+        """
+        if not views:
+            raise GroupError("decompress needs at least one view")
+        for view in views:
+            self._check_compatible(view.header)
+            if len(view.streams) != 1:
+                raise CorruptBitstreamError(
+                    f"view {view.header.camera_id}#{view.header.sequence} holds {len(view.streams)} streams; "
+                    "this model codes one per view"
+                )
+        out: list[DecodedView | None] = [None] * len(views)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, view in enumerate(views):
+            by_size.setdefault(view.header.padded_size, []).append(i)
+        for members in by_size.values():
+            images = self._decode_group([views[i] for i in members], opts)
+            for i, img in zip(members, images):
+                out[i] = DecodedView(views[i].header, img)
+        return out  # type: ignore[return-value]
+
+    def decode_latents(self, views: Sequence[ViewBitstream], opts: ExactOptions = ExactOptions()) -> Tensor:
+        """Entropy-decode equal-size views: (V, M, h, w) exact latents in units 2**-FRAC_BITS (for tests/tools)."""
+        with torch.no_grad():
+            return self._decode_latents(views, opts).y_hat_fx
+
+    def _decode_latents(self, views: Sequence[ViewBitstream], opts: ExactOptions) -> _Latents:
+        device = self.gains.y_gain.device
+        hp, wp = views[0].header.padded_size
+        rate = torch.tensor([v.header.rate_index for v in views], device=device)
+        session = DecodeSession([v.streams[0] for v in views])
+        with exact_mode():
+            lat = self._code_latents(None, None, rate, session, opts, (hp // 16, wp // 16))
+        bad = [i for i, v in enumerate(views) if session.symbol_crc(i) != v.header.symbol_crc]
+        if bad:
+            names = ", ".join(f"{views[i].header.camera_id}#{views[i].header.sequence}" for i in bad)
+            raise DesyncError(
+                f"entropy decoding desynchronised for {names}: the decoded latent symbols differ from the encoder's "
+                "(checksum mismatch). The encoder and decoder disagree on the model; decode these views again "
+                "with the weights they were encoded with, or drop them and decode the rest",
+                bad,
+            )
+        return lat
+
+    def _decode_group(self, views: Sequence[ViewBitstream], opts: ExactOptions) -> list[np.ndarray]:
+        lat = self._decode_latents(views, opts)
+        rate = torch.tensor([v.header.rate_index for v in views], device=lat.y_hat_fx.device)
+        y_hat = from_fixed(lat.y_hat_fx).float() * RateGains.pick(self.gains.y_inverse, rate)  # (V, M, h, w)
+        x_hat = self._synthesize(y_hat, 1, len(views))[0]  # (V, 3, Hp, Wp)
+        return [to_image(x_hat[i], v.header.height, v.header.width) for i, v in enumerate(views)]
+
+    # ------------------------------------------------------------------------------------------- identity
+    def _require_weights_hash(self) -> bytes:
+        if self.weights_hash is None:
+            raise WeightsError(
+                "this model has no weights identity to put in the bitstream; load it with "
+                "mvic.shared.codec.registry.load_model(...) or export it with registry.export_weights(...) first"
+            )
+        return self.weights_hash
+
+    def _check_compatible(self, header: ViewHeader) -> None:
+        who = f"view {header.camera_id}#{header.sequence}"
+        if header.model_id != self.spec.model_id:
+            other = MODELS_BY_ID.get(header.model_id)
+            name = other.name if other else f"unknown id {header.model_id:#06x}"
+            raise ModelMismatchError(
+                f"{who} was coded with model {name!r} but this decoder holds {self.spec.name!r}; "
+                f"start the decoder with --model {name}" if other else
+                f"{who} names {name}, which this build does not know; upgrade MVIC on the decoder"
+            )
+        if header.weights_hash != self._require_weights_hash():
+            raise ModelMismatchError(
+                f"{who} was coded with weights {header.weights_hash.hex()} but the decoder holds "
+                f"{self.weights_hash.hex()}; load the same weights file on both ends (mvic-codec info shows the hash)"
+            )
+        if header.rate_index >= self.spec.num_rates:
+            raise CorruptBitstreamError(
+                f"{who} asks for rate point {header.rate_index}; model {self.spec.name!r} has {self.spec.num_rates}"
+            )

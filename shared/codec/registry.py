@@ -1,0 +1,151 @@
+"""Weights: safetensors files, verified by sha256, loaded strictly, described by frozen records.
+
+``export_weights(model, path)`` runs ``update(force=True)`` (so the CDF tables travel with the weights and are never
+recomputed on another machine), writes a safetensors file whose metadata names the architecture, and returns its
+sha256. ``load_model(path_or_record)`` verifies the hash (when known), rebuilds the architecture named in the file
+and loads with ``strict=True``. Shipped weights are listed in ``weights/records.json``; each entry becomes a
+``WeightsRecord``, and registering a name twice raises. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from mvic.shared.codec.model import LDMIC
+from mvic.shared.errors import NoTrainedWeightsError, WeightsError
+from mvic.shared.model_table import ModelMismatchError, spec_by_name
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+FORMAT_TAG = "mvic-weights-1"
+
+
+@dataclass(frozen=True)
+class RDPoint:
+    """One measured rate point of shipped weights."""
+
+    rate_index: int
+    bpp: float
+    psnr_db: float
+    ms_ssim: float
+    dataset: str
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    name: str  # unique, e.g. "ldmic-fast-lite-mse-v1"
+    file: str  # file name in WEIGHTS_DIR
+    sha256: str
+    model: str  # architecture name from mvic.shared.model_table
+    metric: str = "mse"
+    measured: tuple[RDPoint, ...] = field(default=())
+    recipe: str = ""  # config file and command that produced the weights
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.file
+
+
+_REGISTRY: dict[str, WeightsRecord] = {}
+
+
+def register_weights(record: WeightsRecord) -> WeightsRecord:
+    if record.name in _REGISTRY:
+        raise ValueError(f"weights {record.name!r} are registered twice")
+    spec_by_name(record.model)  # the architecture must exist
+    _REGISTRY[record.name] = record
+    return record
+
+
+def registered_weights() -> dict[str, WeightsRecord]:
+    return dict(_REGISTRY)
+
+
+def default_weights(model: str) -> WeightsRecord:
+    """The first registered weights for an architecture, or NoTrainedWeightsError saying what to do."""
+    for record in _REGISTRY.values():
+        if record.model == model:
+            return record
+    raise NoTrainedWeightsError(
+        f"no trained weights are installed for model {model!r}. Pass --weights FILE.safetensors "
+        "(made by registry.export_weights or mvic-train), or train them; the codec cannot compress well without"
+    )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_weights(model: LDMIC, path: str | Path) -> str:
+    """Write the model's weights (CDF tables updated) as safetensors; returns the file's sha256."""
+    path = Path(path)
+    model.update(force=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT_TAG, "model": model.spec.name, "model_id": str(model.spec.model_id)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(path)  # never leave a half-written weights file under the real name
+    digest = sha256_of(path)
+    model.weights_hash = bytes.fromhex(digest)[:8]
+    return digest
+
+
+def load_model(source: str | Path | WeightsRecord, *, sha256: str | None = None, model: str | None = None,
+               device: str | torch.device = "cpu") -> LDMIC:
+    """Load weights into the architecture their file names; verify the hash; strict; eval mode."""
+    if isinstance(source, WeightsRecord):
+        sha256, model, path = source.sha256, source.model, source.path
+    else:
+        path = Path(source)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist; check the path or reinstall MVIC")
+    digest = sha256_of(path)
+    if sha256 is not None and digest != sha256.lower():
+        raise WeightsError(
+            f"weights file {path} has sha256 {digest}, expected {sha256}: the file is damaged or another version; "
+            "restore it from the release"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path} is not a readable safetensors weights file ({exc})") from exc
+    if meta.get("format") != FORMAT_TAG or "model" not in meta:
+        raise WeightsError(f"{path} is not an MVIC weights file (metadata {meta}); export it with export_weights")
+    try:
+        spec = spec_by_name(meta["model"])
+    except ModelMismatchError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+    if model is not None and model != spec.name:
+        raise WeightsError(f"{path} holds weights for {spec.name!r}, not for the requested model {model!r}")
+    net = LDMIC(spec)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not match architecture {spec.name!r}: {exc}") from None
+    net.weights_hash = bytes.fromhex(digest)[:8]
+    return net.to(device).eval()
+
+
+def _load_shipped_records() -> None:
+    listing = WEIGHTS_DIR / "records.json"
+    if not listing.is_file():
+        return
+    for entry in json.loads(listing.read_text()):
+        measured = tuple(RDPoint(**p) for p in entry.pop("measured", ()))
+        register_weights(WeightsRecord(measured=measured, **entry))
+
+
+_load_shipped_records()

@@ -1,0 +1,82 @@
+"""The explicit table of model architectures a bitstream can name.
+
+A bitstream stores the ``model_id`` below, never a name or a position in a dict, so the mapping is stable across
+releases: ids are never reused or renumbered, retired ids stay listed with ``retired=True``. The table holds only
+architecture facts (widths, context model, number of rate points); weights are identified separately by the hash
+prefix in each packet. No torch import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from mvic.shared.errors import ModelMismatchError
+
+
+class ContextModel(str, Enum):
+    """How the latent y of one view is entropy coded given its hyperprior."""
+
+    CHECKERBOARD = "checkerboard"  # LDMIC-fast: anchors, then non-anchors; two parallel passes
+    AUTOREGRESSIVE = "autoregressive"  # LDMIC: masked 5x5 raster scan; serial, best rate
+
+
+#: The paper's MSE rate-distortion trade-offs (images in [0, 1]); one variable-rate model covers all of them.
+PAPER_LAMBDAS: tuple[float, ...] = (256.0, 512.0, 1024.0, 2048.0, 4096.0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One architecture: what an encoder and a decoder must agree on besides the weights."""
+
+    model_id: int
+    name: str
+    n: int  # channels of the transforms and of the hyper latent z
+    m: int  # channels of the latent y
+    context: ContextModel
+    lambdas: tuple[float, ...] = PAPER_LAMBDAS  # one rate point per lambda, index 0 = lowest rate
+    for_tests: bool = False
+
+    @property
+    def num_rates(self) -> int:
+        return len(self.lambdas)
+
+
+_SPECS: tuple[ModelSpec, ...] = (
+    # The paper's width (N = M = 192, ~20 M parameters with both JCTs).
+    ModelSpec(1, "ldmic-fast", 192, 192, ContextModel.CHECKERBOARD),
+    ModelSpec(2, "ldmic", 192, 192, ContextModel.AUTOREGRESSIVE),
+    # Lighter encoders for CPU cameras: about a quarter of the paper's analysis cost at the same resolution.
+    ModelSpec(3, "ldmic-fast-lite", 96, 128, ContextModel.CHECKERBOARD),
+    ModelSpec(4, "ldmic-lite", 96, 128, ContextModel.AUTOREGRESSIVE),
+    # Tiny architectures for tests and CI (randomly initialised; never shipped).
+    ModelSpec(0xF001, "test-tiny-fast", 16, 24, ContextModel.CHECKERBOARD, for_tests=True),
+    ModelSpec(0xF002, "test-tiny-ar", 16, 24, ContextModel.AUTOREGRESSIVE, for_tests=True),
+)
+
+MODELS_BY_ID: dict[int, ModelSpec] = {}
+MODELS_BY_NAME: dict[str, ModelSpec] = {}
+for _spec in _SPECS:
+    if _spec.model_id in MODELS_BY_ID or _spec.name in MODELS_BY_NAME:
+        raise RuntimeError(f"model table lists {_spec.model_id} / {_spec.name!r} twice")
+    MODELS_BY_ID[_spec.model_id] = _spec
+    MODELS_BY_NAME[_spec.name] = _spec
+
+
+def spec_by_id(model_id: int) -> ModelSpec:
+    try:
+        return MODELS_BY_ID[model_id]
+    except KeyError:
+        raise ModelMismatchError(
+            f"model id {model_id:#06x} is not in this build's model table; upgrade MVIC on the decoder "
+            f"(known: {', '.join(f'{s.model_id:#06x}={s.name}' for s in _SPECS)})"
+        ) from None
+
+
+def spec_by_name(name: str) -> ModelSpec:
+    try:
+        return MODELS_BY_NAME[name]
+    except KeyError:
+        raise ModelMismatchError(
+            f"unknown model {name!r}; choose one of: {', '.join(MODELS_BY_NAME)}"
+        ) from None
