@@ -1,0 +1,190 @@
+"""``mvic-codec``: encode one view to a .mvic file (what a camera does), decode a group jointly, print headers,
+and run a round-trip demo on the bundled samples. ``main(argv) -> int`` so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from mvic.shared.bitstream import ViewBitstream, pack, unpack
+from mvic.shared.codec.model import LDMIC
+from mvic.shared.codec.registry import default_weights, export_weights, load_model
+from mvic.shared.errors import MVICError, NoTrainedWeightsError
+from mvic.shared.model_table import MODELS_BY_NAME, spec_by_id, spec_by_name
+
+DEFAULT_MODEL = "ldmic-fast"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mvic-codec", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp, with_model=True):
+        if with_model:
+            sp.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS_BY_NAME),
+                            help="architecture (default %(default)s)")
+        sp.add_argument("--weights", type=Path, help="weights .safetensors (default: the installed trained weights)")
+        sp.add_argument("--sha256", help="expected sha256 of --weights; refuse the file if it differs")
+        sp.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+
+    e = sub.add_parser("encode", help="encode one image (one camera view) into a .mvic file")
+    e.add_argument("image", type=Path, help="input image (PNG/JPEG/...; converted to RGB)")
+    e.add_argument("-o", "--output", type=Path, required=True, help="output .mvic file")
+    e.add_argument("--rate", type=int, default=2, help="rate point index, 0 = lowest rate (default %(default)s)")
+    e.add_argument("--camera", default="C1", help="camera id stored in the header")
+    e.add_argument("--sequence", type=int, default=0, help="frame sequence number stored in the header")
+    e.add_argument("--capture-ns", type=int, default=None, help="capture time in ns (default: now)")
+    model_args(e)
+
+    d = sub.add_parser("decode", help="decode the .mvic files of one group jointly into PNGs")
+    d.add_argument("inputs", type=Path, nargs="+", help=".mvic files of one timestamp (one per camera)")
+    d.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for <camera>_<sequence>.png")
+    d.add_argument("--device", default="cpu", help="torch device for decoding, e.g. cpu or cuda:0")
+    model_args(d, with_model=False)
+
+    i = sub.add_parser("info", help="print the header of .mvic files")
+    i.add_argument("inputs", type=Path, nargs="+")
+
+    m = sub.add_parser("demo", help="round trip of the bundled multi-view samples at every rate point")
+    m.add_argument("-o", "--output-dir", type=Path, default=Path("out/demo"), help="where to write PNGs")
+    model_args(m)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    try:
+        return {"encode": _encode, "decode": _decode, "info": _info, "demo": _demo}[args.command](args)
+    except NoTrainedWeightsError as exc:
+        print(f"mvic-codec: {exc}", file=sys.stderr)
+        return 2
+    except (MVICError, OSError) as exc:
+        print(f"mvic-codec: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _load(model_name: str, args) -> LDMIC:
+    if args.weights is not None:
+        return load_model(args.weights, sha256=args.sha256, model=model_name)
+    return load_model(default_weights(model_name))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise OSError(f"cannot read image {path}; give a PNG/JPEG/BMP/TIFF file")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _encode(args) -> int:
+    model = _load(args.model, args)
+    image = _read_image(args.image)
+    t0 = time.perf_counter()
+    view = model.compress_view(image, args.rate, camera_id=args.camera, sequence=args.sequence,
+                               capture_ns=time.time_ns() if args.capture_ns is None else args.capture_ns)
+    elapsed = time.perf_counter() - t0
+    data = pack(view)
+    _write_atomic(args.output, data)
+    h, w = image.shape[:2]
+    print(f"{args.output}: {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp ({h}x{w}, rate {args.rate}), "
+          f"encode {elapsed * 1000:.0f} ms")
+    return 0
+
+
+def _read_views(paths: list[Path]) -> list[ViewBitstream]:
+    return [unpack(p.read_bytes()) for p in paths]
+
+
+def _decode(args) -> int:
+    views = _read_views(args.inputs)
+    spec = spec_by_id(views[0].header.model_id)
+    model = _load(spec.name, args).to(args.device)
+    t0 = time.perf_counter()
+    decoded = model.decompress(views)
+    elapsed = time.perf_counter() - t0
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for path, d in zip(args.inputs, decoded):
+        out = args.output_dir / f"{d.header.camera_id}_{d.header.sequence}.png"
+        ok, png = cv2.imencode(".png", cv2.cvtColor(d.image, cv2.COLOR_RGB2BGR))
+        _write_atomic(out, png.tobytes())
+        bpp = 8 * path.stat().st_size / (d.header.height * d.header.width)
+        print(f"{path} -> {out} ({bpp:.4f} bpp)")
+    print(f"decoded {len(views)} view(s) jointly in {elapsed * 1000:.0f} ms on {args.device}")
+    return 0
+
+
+def _info(args) -> int:
+    for path in args.inputs:
+        data = path.read_bytes()
+        h = unpack(data).header
+        spec = spec_by_id(h.model_id)
+        print(f"{path}: format v{h.version}, model {spec.name} (id {h.model_id:#06x}), weights {h.weights_hash.hex()}, "
+              f"rate {h.rate_index}, camera {h.camera_id}, sequence {h.sequence}, capture_ns {h.capture_ns}, "
+              f"{h.height}x{h.width} (+{h.pad_bottom} rows, +{h.pad_right} cols), {len(data)} bytes, "
+              f"{8 * len(data) / (h.height * h.width):.4f} bpp, symbol crc {h.symbol_crc:08x}")
+    return 0
+
+
+def _demo(args) -> int:
+    from mvic.shared.samples import stereo_pair
+
+    try:
+        model = _load(args.model, args)
+        trained = True
+    except NoTrainedWeightsError as exc:
+        print(f"NOTE: {exc}.\nNOTE: running with RANDOMLY INITIALISED weights (seed 0): the bitstreams are real "
+              "and decode bit-exactly, but the pictures will not resemble the input until trained weights ship.")
+        torch.manual_seed(0)
+        model = LDMIC(spec_by_name(args.model))
+        export_weights(model, Path(tempfile.mkdtemp()) / "untrained.safetensors")
+        model.eval()
+        trained = False
+    views = stereo_pair()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    print(f"model {model.spec.name} (N={model.spec.n}, M={model.spec.m}, {model.spec.context.value} context), "
+          f"{len(views)} views {views[0][1].shape[1]}x{views[0][1].shape[0]}, {'trained' if trained else 'untrained'}")
+    print(f"{'rate':>4} {'bpp':>7} {'PSNR joint':>10} {'PSNR alone':>10} {'enc ms/view':>11} {'dec ms (K)':>10}")
+    for rate in range(model.spec.num_rates):
+        t0 = time.perf_counter()
+        packets = [pack(model.compress_view(img, rate, camera_id=cam, sequence=rate)) for cam, img in views]
+        enc_ms = (time.perf_counter() - t0) * 1000 / len(views)
+        t0 = time.perf_counter()
+        joint = model.decompress([unpack(p) for p in packets])
+        dec_ms = (time.perf_counter() - t0) * 1000
+        alone = [model.decompress([unpack(p)])[0] for p in packets]
+        pixels = sum(img.shape[0] * img.shape[1] for _, img in views)
+        bpp = 8 * sum(len(p) for p in packets) / pixels
+        psnr_j = np.mean([_psnr(img, d.image) for (_, img), d in zip(views, joint)])
+        psnr_a = np.mean([_psnr(img, d.image) for (_, img), d in zip(views, alone)])
+        print(f"{rate:>4} {bpp:>7.4f} {psnr_j:>10.2f} {psnr_a:>10.2f} {enc_ms:>11.0f} {dec_ms:>7.0f} ({len(views)})")
+        for d in joint:
+            out = args.output_dir / f"{d.header.camera_id}_rate{rate}.png"
+            cv2.imwrite(str(out), cv2.cvtColor(d.image, cv2.COLOR_RGB2BGR))
+    print(f"reconstructions written to {args.output_dir}/")
+    return 0
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
