@@ -36,8 +36,17 @@ class CdfTable:
     def of(cls, model: EntropyModel) -> "CdfTable":
         if model._offset.numel() == 0 or model._quantized_cdf.numel() == 0:
             raise RuntimeError("entropy model has no CDF tables: call model.update(force=True) before coding")
-        return cls(model._quantized_cdf.tolist(), model._cdf_length.reshape(-1).int().tolist(),
-                   model._offset.reshape(-1).int().tolist())
+        lengths = model._cdf_length.reshape(-1).int().tolist()
+        cdfs = [row[:n] for row, n in zip(model._quantized_cdf.tolist(), lengths)]  # drop the padding
+        return cls(cdfs, lengths, model._offset.reshape(-1).int().tolist())
+
+    def subset(self, indexes: np.ndarray) -> tuple[list[int], list[list[int]], list[int], list[int]]:
+        """Only the CDF rows a block uses, with its indexes renumbered: the C++ coder converts every row it is
+        given on each call, so a 64-row table costs milliseconds per latent pixel in the serial context model."""
+        used, remapped = np.unique(indexes, return_inverse=True)
+        rows = used.tolist()
+        return (remapped.reshape(-1).tolist(), [self.cdfs[u] for u in rows], [self.lengths[u] for u in rows],
+                [self.offsets[u] for u in rows])
 
 
 class CodingSession:
@@ -74,9 +83,9 @@ class EncodeSession(CodingSession):
     def code(self, target, means, indexes, table):
         symbols = super().code(target, means, indexes, table)
         sym = symbols.to("cpu", torch.int32).reshape(self.batch, -1).tolist()
-        idx = indexes.to("cpu", torch.int32).reshape(self.batch, -1).tolist()
+        idx = indexes.to("cpu", torch.int32).reshape(self.batch, -1).numpy()
         for b, enc in enumerate(self._encoders):
-            enc.encode_with_indexes(sym[b], idx[b], table.cdfs, table.lengths, table.offsets)
+            enc.encode_with_indexes(sym[b], *table.subset(idx[b]))
         return symbols
 
     def finish(self) -> list[bytes]:
@@ -97,9 +106,8 @@ class DecodeSession(CodingSession):
             self._decoders.append(dec)
 
     def code(self, target, means, indexes, table):
-        idx = indexes.to("cpu", torch.int32).reshape(self.batch, -1).tolist()
-        rows = [dec.decode_stream(idx[b], table.cdfs, table.lengths, table.offsets)
-                for b, dec in enumerate(self._decoders)]
+        idx = indexes.to("cpu", torch.int32).reshape(self.batch, -1).numpy()
+        rows = [dec.decode_stream(*table.subset(idx[b])) for b, dec in enumerate(self._decoders)]
         symbols = torch.tensor(rows, dtype=torch.float64).view(means.shape).to(means.device)
         self._record(symbols)
         return symbols

@@ -1,0 +1,83 @@
+"""Cross-device determinism: encode one way, decode another, get the very same symbols.
+
+On this CPU-only machine the 'other device' is simulated by everything that changes float results in practice:
+thread count, the convolution algorithm (torch's conv vs unfold+matmul), memory layout. The CUDA test runs where a
+GPU exists (-m gpu).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mvic.shared.bitstream import pack, unpack
+from mvic.shared.codec.fixedpoint import Backend, ExactOptions
+from mvic.shared.codec.registry import load_model
+from mvic.shared.samples import stereo_pair
+from tests.conftest import random_image
+
+DECODE_PATHS = [
+    ("2 threads", 2, ExactOptions()),
+    ("im2col", 1, ExactOptions(Backend.IM2COL)),
+    ("channels-last, 2 threads", 2, ExactOptions(channels_last=True)),
+]
+
+
+def _with_threads(n, fn):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _images(count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    imgs = [random_image(rng, int(rng.integers(40, 140)), int(rng.integers(40, 140))) for _ in range(count)]
+    for _, real in stereo_pair(scale=0.25):  # real photographs, 125x185
+        imgs.append(real)
+    return imgs
+
+
+def _check(weights_path, images):
+    enc = load_model(weights_path)
+    dec = load_model(weights_path)
+    views = _with_threads(1, lambda: [unpack(pack(enc.compress_view(im, i % enc.spec.num_rates, sequence=i)))
+                                      for i, im in enumerate(images)])
+    reference = [_with_threads(1, lambda v=v: enc.decode_latents([v])) for v in views]
+    mismatches = 0
+    for _, threads, opts in DECODE_PATHS:
+        for v, ref in zip(views, reference):
+            got = _with_threads(threads, lambda v=v: dec.decode_latents([v], opts))  # raises DesyncError on CRC
+            mismatches += not torch.equal(got, ref)
+    return mismatches
+
+
+def test_fast_model_decodes_identically_on_every_path(tiny_weights):
+    assert _check(tiny_weights["test-tiny-fast"], _images(24, seed=11)) == 0
+
+
+def test_autoregressive_model_decodes_identically_on_every_path(tiny_weights):
+    assert _check(tiny_weights["test-tiny-ar"], _images(6, seed=12)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["test-tiny-fast", "test-tiny-ar"])
+def test_many_images(tiny_weights, name):
+    assert _check(tiny_weights[name], _images(200 if name.endswith("fast") else 40, seed=13)) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["test-tiny-fast", "test-tiny-ar"])
+def test_cpu_encode_cuda_decode(tiny_weights, name):
+    enc = load_model(tiny_weights[name])
+    dec = load_model(tiny_weights[name], device="cuda")
+    images = _images(200 if name.endswith("fast") else 30, seed=14)
+    desync = 0
+    for i, im in enumerate(images):
+        view = unpack(pack(enc.compress_view(im, i % enc.spec.num_rates)))
+        desync += not torch.equal(dec.decode_latents([view]).cpu(), enc.decode_latents([view]))
+    assert desync == 0

@@ -1,0 +1,68 @@
+"""Weights files: hash verified, strict loading, records, no pickle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mvic.shared.codec import registry
+from mvic.shared.errors import NoTrainedWeightsError, WeightsError
+from tests.conftest import make_tiny_model
+
+
+def test_export_then_load_is_identical(tmp_path):
+    model = make_tiny_model("test-tiny-ar", seed=4)
+    digest = registry.export_weights(model, tmp_path / "w.safetensors")
+    loaded = registry.load_model(tmp_path / "w.safetensors", sha256=digest)
+    assert loaded.weights_hash == bytes.fromhex(digest)[:8] == model.weights_hash
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert loaded.gaussian_conditional._quantized_cdf.numel() > 0  # CDF tables travel with the weights
+
+
+def test_hash_mismatch_is_refused(tmp_path):
+    registry.export_weights(make_tiny_model("test-tiny-fast"), tmp_path / "w.safetensors")
+    with pytest.raises(WeightsError, match="damaged"):
+        registry.load_model(tmp_path / "w.safetensors", sha256="0" * 64)
+
+
+def test_strict_loading(tmp_path):
+    path = tmp_path / "w.safetensors"
+    registry.export_weights(make_tiny_model("test-tiny-fast"), path)
+    state = load_file(str(path))
+    state.pop("g_a.0.weight")
+    save_file(state, str(tmp_path / "missing.safetensors"), metadata={"format": registry.FORMAT_TAG,
+                                                                       "model": "test-tiny-fast", "model_id": "1"})
+    with pytest.raises(WeightsError, match="does not match"):
+        registry.load_model(tmp_path / "missing.safetensors")
+    with pytest.raises(WeightsError, match="not for the requested model"):
+        registry.load_model(path, model="test-tiny-ar")
+
+
+def test_not_a_weights_file(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(WeightsError):
+        registry.load_model(tmp_path / "x.safetensors")
+    with pytest.raises(WeightsError, match="does not exist"):
+        registry.load_model(tmp_path / "nope.safetensors")
+
+
+def test_registry_refuses_duplicates_and_reports_missing_weights():
+    rec = registry.WeightsRecord("unit-test-weights", "none.safetensors", "0" * 64, "test-tiny-fast")
+    registry.register_weights(rec)
+    try:
+        with pytest.raises(ValueError, match="twice"):
+            registry.register_weights(rec)
+        assert registry.default_weights("test-tiny-fast") is rec
+    finally:
+        registry._REGISTRY.pop("unit-test-weights")
+    with pytest.raises(NoTrainedWeightsError, match="--weights"):
+        registry.default_weights("test-tiny-ar")
+
+
+def test_shipped_records_point_at_real_files():
+    for rec in json.loads((registry.WEIGHTS_DIR / "records.json").read_text()):
+        assert (registry.WEIGHTS_DIR / rec["file"]).is_file()
