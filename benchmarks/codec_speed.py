@@ -49,19 +49,19 @@ def _image(h, w, seed=0):
 def encode_stages(model: LDMIC, image: np.ndarray) -> dict[str, float]:
     rate = torch.tensor([2])
     t = {}
+    t0 = time.perf_counter()
+    x = to_padded_tensor(image)
+    y = model.g_a(x) * RateGains.pick(model.gains.y_gain, rate)
+    t["analysis"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    z = model.h_a(y) * RateGains.pick(model.gains.z_gain, rate)
+    t_ha = time.perf_counter() - t0
+    session = _TimedEncodeSession(1)
+    t0 = time.perf_counter()
+    model._code_latents(y, z, rate, session, ExactOptions())
+    t_code = time.perf_counter() - t0
+    stream = session.finish()[0]
     with exact_mode():
-        t0 = time.perf_counter()
-        x = to_padded_tensor(image)
-        y = model.g_a(x) * RateGains.pick(model.gains.y_gain, rate)
-        t["analysis"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        z = model.h_a(y) * RateGains.pick(model.gains.z_gain, rate)
-        t_ha = time.perf_counter() - t0
-        session = _TimedEncodeSession(1)
-        t0 = time.perf_counter()
-        model._code_latents(y, z, rate, session, ExactOptions())
-        t_code = time.perf_counter() - t0
-        stream = session.finish()[0]
         t0 = time.perf_counter()  # h_s alone, to split the exact part
         z_in = torch.zeros(1, model.spec.n, *z.shape[-2:], dtype=torch.float64)
         run_layers(quantize_sequential(model.h_s), z_in, ExactOptions())

@@ -126,8 +126,7 @@ class LDMIC(CompressionModel):
             _, lik_y = self.gaussian_conditional(y, scales, means)
             y_hat = quantize_ste(y - means) + means
         else:
-            with exact_mode():
-                lat = self._code_latents(y, z, rate, CodingSession(b * v), ExactOptions())
+            lat = self._code_latents(y, z, rate, CodingSession(b * v), ExactOptions())
             _, lik_z = self.entropy_bottleneck(lat.z_hat, training=False)
             y_hat = from_fixed(lat.y_hat_fx).float()
             lik_y = self._likelihood_y(y_hat, lat)
@@ -164,6 +163,10 @@ class LDMIC(CompressionModel):
     def _code_latents(self, y: Tensor | None, z: Tensor | None, rate: Tensor, session: CodingSession,
                       opts: ExactOptions, y_size: tuple[int, int] | None = None) -> _Latents:
         """The one path that encoder, decoder and eval forward share. y, z: gained latents (None to decode)."""
+        with exact_mode():
+            return self._code_latents_exact(y, z, rate, session, opts, y_size)
+
+    def _code_latents_exact(self, y, z, rate, session, opts, y_size) -> _Latents:
         eb = self.entropy_bottleneck
         if y is not None:
             y_size = y.shape[-2:]
@@ -192,10 +195,9 @@ class LDMIC(CompressionModel):
         x = to_padded_tensor(image, device)  # (1, 3, Hp, Wp)
         rate = self._rates(rate_index, 1, 1)  # (1,)
         session = EncodeSession(1)
-        with exact_mode():
-            y = self.g_a(x) * RateGains.pick(self.gains.y_gain, rate)  # (1, M, Hp/16, Wp/16)
-            z = self.h_a(y) * RateGains.pick(self.gains.z_gain, rate)  # (1, N, Hp/64, Wp/64)
-            self._code_latents(y, z, rate, session, opts)
+        y = self.g_a(x) * RateGains.pick(self.gains.y_gain, rate)  # (1, M, Hp/16, Wp/16)
+        z = self.h_a(y) * RateGains.pick(self.gains.z_gain, rate)  # (1, N, Hp/64, Wp/64)
+        self._code_latents(y, z, rate, session, opts)
         stream = session.finish()[0]
         h, w = image.shape[:2]
         pad_b, pad_r = padding_for(h, w)
@@ -241,8 +243,7 @@ class LDMIC(CompressionModel):
         hp, wp = views[0].header.padded_size
         rate = torch.tensor([v.header.rate_index for v in views], device=device)
         session = DecodeSession([v.streams[0] for v in views])
-        with exact_mode():
-            lat = self._code_latents(None, None, rate, session, opts, (hp // 16, wp // 16))
+        lat = self._code_latents(None, None, rate, session, opts, (hp // 16, wp // 16))
         bad = [i for i, v in enumerate(views) if session.symbol_crc(i) != v.header.symbol_crc]
         if bad:
             names = ", ".join(f"{views[i].header.camera_id}#{views[i].header.sequence}" for i in bad)
