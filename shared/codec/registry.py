@@ -91,7 +91,9 @@ def export_weights(model: LDMIC, path: str | Path) -> str:
     path = Path(path)
     model.update(force=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT_TAG, "model": model.spec.name, "model_id": str(model.spec.model_id)}
+    # One metadata key: safetensors stores the metadata map in arbitrary order, and the file hash must be stable.
+    metadata = {"mvic": json.dumps({"format": FORMAT_TAG, "model": model.spec.name,
+                                    "model_id": model.spec.model_id}, sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp), metadata=metadata)
@@ -118,7 +120,7 @@ def load_model(source: str | Path | WeightsRecord, *, sha256: str | None = None,
         )
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            meta = json.loads((f.metadata() or {}).get("mvic", "{}"))
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path} is not a readable safetensors weights file ({exc})") from exc

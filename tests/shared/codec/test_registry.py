@@ -34,12 +34,18 @@ def test_strict_loading(tmp_path):
     registry.export_weights(make_tiny_model("test-tiny-fast"), path)
     state = load_file(str(path))
     state.pop("g_a.0.weight")
-    save_file(state, str(tmp_path / "missing.safetensors"), metadata={"format": registry.FORMAT_TAG,
-                                                                       "model": "test-tiny-fast", "model_id": "1"})
+    meta = json.dumps({"format": registry.FORMAT_TAG, "model": "test-tiny-fast", "model_id": 0xF001})
+    save_file(state, str(tmp_path / "missing.safetensors"), metadata={"mvic": meta})
     with pytest.raises(WeightsError, match="does not match"):
         registry.load_model(tmp_path / "missing.safetensors")
     with pytest.raises(WeightsError, match="not for the requested model"):
         registry.load_model(path, model="test-tiny-ar")
+
+
+def test_export_is_byte_reproducible(tmp_path):
+    a = registry.export_weights(make_tiny_model("test-tiny-ar", seed=2), tmp_path / "a.safetensors")
+    b = registry.export_weights(make_tiny_model("test-tiny-ar", seed=2), tmp_path / "b.safetensors")
+    assert a == b
 
 
 def test_not_a_weights_file(tmp_path):
