@@ -1,7 +1,7 @@
 """Sample multi-view images that need no download: the Middlebury 'motorcycle' stereo pair bundled with
 scikit-image (real photographs of one scene from two cameras), downscaled so a CPU round trip takes seconds.
-Built on demand, never committed. The synthetic multi-camera scene generator replaces this as the demo's default
-data in a later issue.
+Built on demand, never committed. The demo's default data is the synthetic scene (mvic.shared.scene); this real
+pair serves the determinism tests and ``mvic-codec demo --source stereo``.
 """
 
 from __future__ import annotations

@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print the header of .mvic files")
     i.add_argument("inputs", type=Path, nargs="+")
 
-    m = sub.add_parser("demo", help="round trip of the bundled multi-view samples at every rate point")
+    m = sub.add_parser("demo", help="round trip of a multi-view sample group at every rate point")
     m.add_argument("-o", "--output-dir", type=Path, default=Path("out/demo"), help="where to write PNGs")
+    m.add_argument("--source", choices=["synthetic", "stereo"], default="synthetic",
+                   help="synthetic: 3 cameras of the seeded synthetic scene (default); stereo: Middlebury pair")
     model_args(m)
     return p
 
@@ -142,12 +144,21 @@ def _info(args) -> int:
     return 0
 
 
-def _demo(args) -> int:
-    from mvic.shared.samples import stereo_pair
+def _demo_views(source: str) -> list[tuple[str, np.ndarray]]:
+    if source == "stereo":
+        from mvic.shared.samples import stereo_pair
 
+        return stereo_pair()
+    from mvic.shared.scene import Scene, SceneConfig
+
+    scene = Scene(SceneConfig(seed=0, cameras=3, height=270, width=480))
+    return [(cam.name, view) for cam, view in zip(scene.cameras, scene.render(0))]
+
+
+def _demo(args) -> int:
     try:
         model = _load(args.model, args)
-        trained = True
+        weights = str(args.weights) if args.weights else f"installed {args.model} weights"
     except NoTrainedWeightsError as exc:
         print(f"NOTE: {exc}.\nNOTE: running with RANDOMLY INITIALISED weights (seed 0): the bitstreams are real "
               "and decode bit-exactly, but the pictures will not resemble the input until trained weights ship.")
@@ -155,11 +166,11 @@ def _demo(args) -> int:
         model = LDMIC(spec_by_name(args.model))
         export_weights(model, Path(tempfile.mkdtemp()) / "untrained.safetensors")
         model.eval()
-        trained = False
-    views = stereo_pair()
+        weights = "RANDOM weights"
+    views = _demo_views(args.source)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     print(f"model {model.spec.name} (N={model.spec.n}, M={model.spec.m}, {model.spec.context.value} context), "
-          f"{len(views)} views {views[0][1].shape[1]}x{views[0][1].shape[0]}, {'trained' if trained else 'untrained'}")
+          f"{len(views)} views {views[0][1].shape[1]}x{views[0][1].shape[0]}, {weights}")
     print(f"{'rate':>4} {'bpp':>7} {'PSNR joint':>10} {'PSNR alone':>10} {'enc ms/view':>11} {'dec ms (K)':>10}")
     for rate in range(model.spec.num_rates):
         t0 = time.perf_counter()

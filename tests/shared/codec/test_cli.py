@@ -49,3 +49,11 @@ def test_unreadable_image(tmp_path, tiny_weights, capsys):
     assert main(["encode", str(tmp_path / "x.png"), "-o", str(tmp_path / "x.mvic"), "--model", "test-tiny-fast",
                  "--weights", str(tiny_weights["test-tiny-fast"])]) == 1
     assert "cannot read image" in capsys.readouterr().err
+
+
+def test_demo_runs_on_the_synthetic_scene(tmp_path, tiny_weights, capsys):
+    assert main(["demo", "--model", "test-tiny-fast", "--weights", str(tiny_weights["test-tiny-fast"]),
+                 "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 views 480x270" in out and "test-tiny-fast.safetensors" in out
+    assert len(list(tmp_path.glob("C*_rate*.png"))) == 3 * 5
