@@ -1,0 +1,84 @@
+"""Training configuration: frozen dataclasses loaded from YAML by one function; unknown keys are errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "synthetic"  # synthetic | folder
+    root: str = ""  # folder: root/<camera>/<frame>.png
+    cameras: int = 7  # synthetic: cameras per scene
+    frames: int = 200  # synthetic: timestamps per scene
+    scenes: int = 4  # synthetic: scenes (seeds seed .. seed+scenes-1)
+    height: int = 270  # synthetic: view size
+    width: int = 480
+    k_min: int = 1  # views per training group, drawn per batch
+    k_max: int = 7
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    batch_size: int = 4  # groups per batch
+    crop: int = 256  # square crop, multiple of 64, shared by the views of a group
+    lr: float = 1e-4
+    aux_lr: float = 1e-3
+    lr_milestones: tuple[int, ...] = ()  # steps at which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.5
+    clip: float = 1.0  # gradient norm clipping
+    max_steps: int = 100_000
+    metric: str = "mse"  # mse | ms-ssim (lambda_ms-ssim = lambda_mse / 32: 8..128 as in the paper)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "ldmic-fast-lite"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def _build(cls, raw: Any, path: str):
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"unknown key {path + '.' if path else ''}{unknown[0]}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        key = f"{path}.{name}" if path else name
+        if is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        elif hint == tuple[int, ...]:
+            kwargs[name] = tuple(int(v) for v in value)
+        else:
+            try:
+                kwargs[name] = hint(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{key}: cannot read {value!r} as {hint.__name__}") from None
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    return _build(RunConfig, raw, "")
+
+
+def config_to_dict(config) -> dict:
+    out = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = config_to_dict(value) if is_dataclass(value) else list(value) if isinstance(value, tuple) else value
+    return out

@@ -1,0 +1,77 @@
+"""mvic-train on tiny data: config checks, joint augmentation, a short run whose distortion falls, resume, export."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mvic.shared.codec.registry import load_model
+from mvic.shared.training.config import load_config
+from mvic.shared.training.data import FolderGroups, GroupBatcher
+from mvic.shared.training.train import main
+
+CONFIG = """
+model: test-tiny-fast
+log_every: 1
+checkpoint_every: 1000
+data: {kind: synthetic, cameras: 3, frames: 3, scenes: 1, height: 96, width: 128, k_min: 1, k_max: 3}
+optim: {batch_size: 2, crop: 64, lr: 1.0e-3, max_steps: 40}
+"""
+
+
+def _rows(run):
+    with open(run / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_unknown_keys_are_rejected_with_their_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {batch_sise: 3}\n")
+    with pytest.raises(ValueError, match="optim.batch_sise"):
+        load_config(bad)
+    assert main(["--run", str(tmp_path / "r"), "--config", str(bad), "--validate-config"]) == 2
+
+
+def test_views_of_a_group_share_crop_and_flips(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    for cam in ("A", "B", "C"):
+        (tmp_path / cam).mkdir()
+        for f in range(3):
+            cv2.imwrite(str(tmp_path / cam / f"{f:04d}.png"), base)
+    (tmp_path / "C" / "extra.png").write_bytes(b"")  # a frame not every camera has is ignored
+    source = FolderGroups(tmp_path)
+    assert source.cameras == ["A", "B", "C"] and len(source) == 3
+    batcher = GroupBatcher(source, batch_size=4, crop=64, k_min=1, k_max=3, num_rates=5, seed=1)
+    ks = set()
+    for _ in range(10):
+        batch = batcher.next()
+        b, k = batch.images.shape[:2]
+        ks.add(k)
+        assert batch.images.shape[2:] == (3, 64, 64) and batch.rate.max() < 5
+        for i in range(1, k):  # identical cameras: identical crops only if window and flips are shared
+            assert torch.equal(batch.images[:, 0], batch.images[:, i])
+    assert 1 in ks and len(ks) > 1
+
+
+def test_short_run_learns_resumes_and_exports(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG)
+    run = tmp_path / "run"
+    assert main(["--run", str(run), "--config", str(cfg)]) == 0
+    rows = _rows(run)
+    mse = [float(r["mse"]) for r in rows]
+    assert len(rows) == 40
+    assert np.mean(mse[-10:]) < 0.5 * np.mean(mse[:3])  # the distortion falls
+    cfg.write_text(CONFIG.replace("max_steps: 40", "max_steps: 45"))
+    assert main(["--run", str(run), "--config", str(cfg)]) == 0
+    assert [int(r["step"]) for r in _rows(run)][-6:] == [40, 41, 42, 43, 44, 45]  # resumed, not restarted
+    weights = tmp_path / "w.safetensors"
+    assert main(["--run", str(run), "--export", str(weights)]) == 0
+    model = load_model(weights)
+    view = model.compress_view(np.zeros((64, 64, 3), np.uint8), 2)
+    assert model.decompress([view])[0].image.shape == (64, 64, 3)
