@@ -11,8 +11,9 @@ import yaml
 
 @dataclass(frozen=True)
 class DataConfig:
-    kind: str = "synthetic"  # synthetic | folder
-    root: str = ""  # folder: root/<camera>/<frame>.png
+    kind: str = "synthetic"  # synthetic | folder | wildtrack | instereo2k | cityscapes
+    root: str = ""  # dataset root (folder: root/<camera>/<frame>.png)
+    split: str = "train"  # wildtrack / instereo2k / cityscapes split
     cameras: int = 7  # synthetic: cameras per scene
     frames: int = 200  # synthetic: timestamps per scene
     scenes: int = 4  # synthetic: scenes (seeds seed .. seed+scenes-1)

@@ -29,6 +29,7 @@ from mvic.shared.scene import SceneConfig
 from mvic.shared.training.checkpoint import load_checkpoint, save_checkpoint
 from mvic.shared.training.config import RunConfig, config_to_dict, load_config
 from mvic.shared.training.data import FolderGroups, GroupBatcher, SyntheticGroups
+from mvic.shared.training.datasets import Cityscapes, InStereo2K, WildTrackFrames
 
 
 def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.Tensor, metric: str):
@@ -56,7 +57,10 @@ def make_source(cfg: RunConfig):
         return SyntheticGroups(scene, d.frames, d.scenes)
     if d.kind == "folder":
         return FolderGroups(d.root)
-    raise ValueError(f"data.kind must be synthetic or folder, got {d.kind!r}")
+    kinds = {"wildtrack": WildTrackFrames, "instereo2k": InStereo2K, "cityscapes": Cityscapes}
+    if d.kind in kinds:
+        return kinds[d.kind](d.root, d.split)
+    raise ValueError(f"data.kind must be one of synthetic, folder, {', '.join(kinds)}; got {d.kind!r}")
 
 
 def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float | None = None,
