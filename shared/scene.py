@@ -242,6 +242,8 @@ def write_scene(config: SceneConfig, frames: int, root, video: bool = False) -> 
     one ``root/<camera>.mp4`` per camera. Returns the paths written. Files appear whole (written, then renamed)."""
     from pathlib import Path
 
+    from mvic.shared.fileio import write_atomic
+
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     scene = Scene(config)
@@ -261,13 +263,8 @@ def write_scene(config: SceneConfig, frames: int, root, video: bool = False) -> 
                             raise OSError(f"OpenCV cannot write {path}; write PNG frames instead (no --video)")
                     writers[cam.name][0].write(bgr)
                 else:
-                    path = root / cam.name / f"{f:06d}.png"
-                    path.parent.mkdir(exist_ok=True)
                     ok, png = cv2.imencode(".png", bgr)
-                    tmp = path.with_name(path.name + ".part")
-                    tmp.write_bytes(png.tobytes())
-                    tmp.replace(path)
-                    written.append(str(path))
+                    written.append(str(write_atomic(root / cam.name / f"{f:06d}.png", png.tobytes())))
     finally:
         for writer, path in writers.values():
             writer.release()

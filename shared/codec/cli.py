@@ -18,6 +18,7 @@ from mvic.shared.bitstream import ViewBitstream, pack, unpack
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import default_weights, export_weights, load_model
 from mvic.shared.errors import MVICError, NoTrainedWeightsError
+from mvic.shared.fileio import write_atomic
 from mvic.shared.model_table import MODELS_BY_NAME, spec_by_id, spec_by_name
 
 DEFAULT_MODEL = "ldmic-fast"
@@ -88,13 +89,6 @@ def _read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _encode(args) -> int:
     model = _load(args.model, args)
     image = _read_image(args.image)
@@ -103,7 +97,7 @@ def _encode(args) -> int:
                                capture_ns=time.time_ns() if args.capture_ns is None else args.capture_ns)
     elapsed = time.perf_counter() - t0
     data = pack(view)
-    _write_atomic(args.output, data)
+    write_atomic(args.output, data)
     h, w = image.shape[:2]
     print(f"{args.output}: {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp ({h}x{w}, rate {args.rate}), "
           f"encode {elapsed * 1000:.0f} ms")
@@ -125,7 +119,7 @@ def _decode(args) -> int:
     for path, d in zip(args.inputs, decoded):
         out = args.output_dir / f"{d.header.camera_id}_{d.header.sequence}.png"
         ok, png = cv2.imencode(".png", cv2.cvtColor(d.image, cv2.COLOR_RGB2BGR))
-        _write_atomic(out, png.tobytes())
+        write_atomic(out, png.tobytes())
         bpp = 8 * path.stat().st_size / (d.header.height * d.header.width)
         print(f"{path} -> {out} ({bpp:.4f} bpp)")
     print(f"decoded {len(views)} view(s) jointly in {elapsed * 1000:.0f} ms on {args.device}")

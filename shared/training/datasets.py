@@ -17,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mvic.shared.fileio import write_atomic
+
 WILDTRACK_CAMERAS = tuple(f"C{i}" for i in range(1, 8))
 WILDTRACK_TRAIN, WILDTRACK_TEST = 2000, 51
 CITYSCAPES_CROP = (64, 256, 128, 128)  # top, bottom, left, right
@@ -129,10 +131,8 @@ def extract_wildtrack(videos: list[Path], out_root: Path, every_seconds: float =
                 if index % step == 0:
                     path = out / f"{written}.png"
                     if not path.is_file():
-                        tmp = path.with_name(path.name + ".part")
                         ok, png = cv2.imencode(".png", frame)
-                        tmp.write_bytes(png.tobytes())
-                        tmp.replace(path)
+                        write_atomic(path, png.tobytes())
                     written += 1
                 index += 1
         finally:
