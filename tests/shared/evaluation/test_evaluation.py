@@ -41,3 +41,19 @@ def test_baselines_trade_bits_for_quality(views, codec, settings):
 def test_video_anchor_exploits_repeated_views(views):
     same = [views[0]] * 3
     assert bl.x265_video(same, 28).num_bytes < 0.7 * bl.x265_intra(same, 28).num_bytes
+
+
+def test_mvic_eval_end_to_end(tiny_weights, tmp_path, capsys):
+    import json
+
+    from mvic.shared.evaluation.evaluate import main
+
+    out = tmp_path / "eval"
+    assert main(["--weights", str(tiny_weights["test-tiny-fast"]), "--groups", "1", "--cameras", "2",
+                 "--size", "64x96", "--baselines", "jpeg", "x265-intra-444", "-o", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    codecs = {r["codec"] for r in res["rows"]}
+    assert codecs == {"mvic-joint", "mvic-separate", "jpeg", "x265-intra-444"}
+    assert all(r["bpp"] > 0 for r in res["rows"])
+    assert (out / "rd.png").stat().st_size > 1000 and (out / "results.csv").is_file()
+    assert "BD-rate vs x265-intra-444" in capsys.readouterr().out
