@@ -114,7 +114,7 @@ def main(argv=None) -> int:
             print(f"| {name} | {threads} | {t['analysis']:.2f} | {t['hyper']:.2f} | {t['entropy_params']:.2f} | "
                   f"{t['rans']:.2f} | {t['total']:.2f} |", flush=True)
     torch.set_num_threads(max(args.threads))
-    print(f"\n| model | K views | entropy decode s | synthesis s | decode total s | per view s |")
+    print("\n| model | K views | entropy decode s | synthesis s | decode total s | per view s |")
     print("|---|---|---|---|---|---|")
     for name, model in models.items():
         model = model.to(args.device)

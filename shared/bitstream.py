@@ -19,7 +19,7 @@ Pure functions over bytes, no torch import. Layout (big-endian), format version 
     36     2    width            original image width, pixels
     38     1    pad bottom       rows added before coding (crop them after decoding)
     39     1    pad right        columns added before coding
-    40     4    symbol CRC       CRC-32 of the latent symbols (int32 LE, z then y, C-order); detects desync
+    40     4    symbol CRC       CRC-32 of the latent symbols (int32 LE, in coding order: z, then y); detects desync
     44     1    stream count     1..8
     45     L    camera id        UTF-8
     ...    4*n  stream lengths   bytes

@@ -16,11 +16,15 @@ plus the Middlebury motorcycle for the side building.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+from mvic.shared.fileio import write_atomic
 
 NEAR = 0.1  # m
 
@@ -240,10 +244,6 @@ def _clip_near(poly: np.ndarray) -> np.ndarray:
 def write_scene(config: SceneConfig, frames: int, root, video: bool = False) -> list[str]:
     """Write ``frames`` timestamps as ``root/<camera>/<frame:06d>.png`` (the generic layout) or, with video=True,
     one ``root/<camera>.mp4`` per camera. Returns the paths written. Files appear whole (written, then renamed)."""
-    from pathlib import Path
-
-    from mvic.shared.fileio import write_atomic
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     scene = Scene(config)
@@ -274,8 +274,6 @@ def write_scene(config: SceneConfig, frames: int, root, video: bool = False) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """``mvic-scene``: write a synthetic multi-camera scene as image groups or videos."""
-    import argparse
-
     p = argparse.ArgumentParser(prog="mvic-scene", description=main.__doc__)
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--frames", type=int, default=10, help="timestamps to render (default %(default)s)")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mvic.shared.bitstream import ViewBitstream, pack, unpack
+from mvic.shared.codec.images import psnr
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import default_weights, export_weights, load_model
 from mvic.shared.errors import MVICError, NoTrainedWeightsError
@@ -176,19 +177,14 @@ def _demo(args) -> int:
         alone = [model.decompress([unpack(p)])[0] for p in packets]
         pixels = sum(img.shape[0] * img.shape[1] for _, img in views)
         bpp = 8 * sum(len(p) for p in packets) / pixels
-        psnr_j = np.mean([_psnr(img, d.image) for (_, img), d in zip(views, joint)])
-        psnr_a = np.mean([_psnr(img, d.image) for (_, img), d in zip(views, alone)])
+        psnr_j = np.mean([psnr(img, d.image) for (_, img), d in zip(views, joint)])
+        psnr_a = np.mean([psnr(img, d.image) for (_, img), d in zip(views, alone)])
         print(f"{rate:>4} {bpp:>7.4f} {psnr_j:>10.2f} {psnr_a:>10.2f} {enc_ms:>11.0f} {dec_ms:>7.0f} ({len(views)})")
         for d in joint:
             out = args.output_dir / f"{d.header.camera_id}_rate{rate}.png"
             cv2.imwrite(str(out), cv2.cvtColor(d.image, cv2.COLOR_RGB2BGR))
     print(f"reconstructions written to {args.output_dir}/")
     return 0
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from mvic.shared.codec.entropy_coding import CdfTable, CodingSession
 from mvic.shared.codec.fixedpoint import (
     ACT_LIMIT,
-    FRAC_BITS,
     ExactOptions,
+    dequantize_fixed,
     from_fixed,
     quantize_conv,
     quantize_sequential,
@@ -36,9 +36,6 @@ from mvic.shared.codec.fixedpoint import (
     run_rows,
 )
 from mvic.shared.codec.transforms import entropy_parameters
-
-_ONE = float(2**FRAC_BITS)
-
 
 @dataclass(frozen=True)
 class CodedLatent:
@@ -122,7 +119,7 @@ class CheckerboardContext(_ContextBase):
                                   for t in self._ep_exact(ep, params_rows, ctx_rows, tables))
             target = y[:, :, sites] if y is not None else None
             symbols = session.code(target, mu, idx, tables.cdf)  # (B, M, P)
-            y_hat_fx[:, :, sites] = (symbols * _ONE + mu_fx).clamp(-ACT_LIMIT, ACT_LIMIT)
+            y_hat_fx[:, :, sites] = dequantize_fixed(symbols, mu_fx)
             scales[:, :, sites] = sc
             means[:, :, sites] = mu
             if ctx_fx is None:
@@ -159,7 +156,7 @@ class AutoregressiveContext(_ContextBase):
                 idx, sc, mu, mu_fx = self._ep_exact(ep, params_fx[:, :, r, c], ctx_rows, tables)  # (B, M) each
                 target = y[:, :, r, c] if y is not None else None
                 symbols = session.code(target, mu, idx, tables.cdf)  # (B, M)
-                padded[:, :, r + 2, c + 2] = (symbols * _ONE + mu_fx).clamp(-ACT_LIMIT, ACT_LIMIT)
+                padded[:, :, r + 2, c + 2] = dequantize_fixed(symbols, mu_fx)
                 scales[:, :, r, c] = sc
                 means[:, :, r, c] = mu
         return CodedLatent(padded[:, :, 2:, 2:w + 2].contiguous(), scales, means)

@@ -76,6 +76,11 @@ def from_fixed(x_fx: Tensor) -> Tensor:
     return x_fx * (1.0 / _ONE)
 
 
+def dequantize_fixed(symbols: Tensor, means_fx: Tensor) -> Tensor:
+    """Decoded latent in fixed point: symbol + mean, with the mean already in units of 2**-FRAC_BITS."""
+    return (symbols * _ONE + means_fx).clamp(-ACT_LIMIT, ACT_LIMIT)
+
+
 def round_shift(acc: Tensor, inv_scale: Tensor | float) -> Tensor:
     """round(acc * inv_scale) with inv_scale a power of two: exact."""
     return torch.floor(acc * inv_scale + 0.5)

@@ -35,6 +35,12 @@ def to_padded_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> T
     return x
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images (inf when equal)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
 def to_image(x: Tensor, height: int, width: int) -> np.ndarray:
     """(3, Hp, Wp) float -> (height, width, 3) uint8, cropped and rounded as the metrics expect."""
     x = x[:, :height, :width].clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)

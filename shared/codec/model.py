@@ -27,8 +27,8 @@ from mvic.shared.codec.context import AutoregressiveContext, CheckerboardContext
 from mvic.shared.codec.entropy_coding import CdfTable, CodingSession, DecodeSession, EncodeSession
 from mvic.shared.codec.fixedpoint import (
     ACT_LIMIT,
-    FRAC_BITS,
     ExactOptions,
+    dequantize_fixed,
     exact_mode,
     from_fixed,
     quantize_sequential,
@@ -55,9 +55,6 @@ from mvic.shared.errors import (
     WeightsError,
 )
 from mvic.shared.model_table import MODELS_BY_ID, ContextModel, ModelSpec
-
-_ONE = float(2**FRAC_BITS)
-
 
 @dataclass(frozen=True)
 class RDOutput:
@@ -178,7 +175,7 @@ class LDMIC(CompressionModel):
         z_shape = (b, n, h // 4, w // 4)
         z_idx = torch.arange(n, device=device).view(1, n, 1, 1).expand(z_shape)
         z_sym = session.code(z, medians.expand(z_shape), z_idx, CdfTable.of(eb))  # (B, N, h/4, w/4)
-        z_hat_fx = (z_sym * _ONE + to_fixed(medians)).clamp(-ACT_LIMIT, ACT_LIMIT)
+        z_hat_fx = dequantize_fixed(z_sym, to_fixed(medians))
         h_in = round_shift(z_hat_fx * self.gains.z_inverse_fixed(rate), 2.0**-GAIN_BITS)
         params_fx = run_layers(quantize_sequential(self.h_s), h_in.clamp(-ACT_LIMIT, ACT_LIMIT), opts)
         target = y.double() if y is not None else None

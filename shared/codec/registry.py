@@ -19,8 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from mvic.shared.codec.model import LDMIC
-from mvic.shared.errors import NoTrainedWeightsError, WeightsError
-from mvic.shared.model_table import ModelMismatchError, spec_by_name
+from mvic.shared.errors import ModelMismatchError, NoTrainedWeightsError, WeightsError
+from mvic.shared.model_table import spec_by_name
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 FORMAT_TAG = "mvic-weights-1"

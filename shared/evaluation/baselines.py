@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from mvic.shared.codec import images
+
 
 @dataclass(frozen=True)
 class Coded:
@@ -90,6 +92,4 @@ def x265_video(views: list[np.ndarray], crf: float) -> Coded:
     return Coded("x265-video-444", crf, len(stream), frames)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+psnr = images.psnr  # one definition for the codec tools and the baselines

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 import time
@@ -121,8 +122,6 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
 
 def export_run(run_dir: Path, out: Path) -> str:
     """Export a run's checkpoint as a shipped-weights file (CDF tables updated); returns its sha256."""
-    import json
-
     cfg = json.loads((run_dir / "checkpoint.json").read_text())["config"]
     model = LDMIC(spec_by_name(cfg["model"]))
     load_checkpoint(run_dir, model, {})
