@@ -115,13 +115,17 @@ class LDMIC(CompressionModel):
         y = self.g_a(flat) * RateGains.pick(self.gains.y_gain, rate)  # (B*V, M, h, w), gained
         z = self.h_a(y) * RateGains.pick(self.gains.z_gain, rate)  # (B*V, N, h/4, w/4), gained
         if self.training:
-            _, lik_z = self.entropy_bottleneck(z)
-            medians = self.entropy_bottleneck._get_medians().view(1, -1, 1, 1)
-            z_hat = quantize_ste(z - medians) + medians
-            params = self.h_s(z_hat * RateGains.pick(self.gains.z_inverse, rate))
-            scales, means = self.context.train_params(y, params)
-            _, lik_y = self.gaussian_conditional(y, scales, means)
-            y_hat = quantize_ste(y - means) + means
+            # Under autocast (bf16 training on CUDA) the entropy model still runs in float32: likelihoods and
+            # rounding offsets need the precision; the transforms and the JCT may run in lower precision.
+            with torch.autocast(flat.device.type, enabled=False):
+                y, z = y.float(), z.float()
+                _, lik_z = self.entropy_bottleneck(z)
+                medians = self.entropy_bottleneck._get_medians().view(1, -1, 1, 1)
+                z_hat = quantize_ste(z - medians) + medians
+                params = self.h_s(z_hat * RateGains.pick(self.gains.z_inverse, rate))
+                scales, means = self.context.train_params(y, params)
+                _, lik_y = self.gaussian_conditional(y, scales, means)
+                y_hat = quantize_ste(y - means) + means
         else:
             lat = self._code_latents(y, z, rate, CodingSession(b * v), ExactOptions())
             _, lik_z = self.entropy_bottleneck(lat.z_hat, training=False)

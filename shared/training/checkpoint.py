@@ -42,3 +42,55 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizers: dict[str,
                 state.setdefault(int(parts[1]), {})[parts[2]] = value
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
     return int(meta["step"])
+
+
+PIECES_INDEX = "pieces.json"
+
+
+def save_pieces(state: dict[str, torch.Tensor], out_dir: Path, max_bytes: int = 16 << 20,
+                info: dict | None = None) -> list[Path]:
+    """Model weights as safetensors files of at most ``max_bytes`` each (whole tensors), plus an index.
+
+    For moving a run's weights between machines whose transfers are limited in size (e.g. a GPU machine's
+    16 MiB per file); ``load_state`` reads the folder back. A tensor larger than ``max_bytes`` is refused.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pieces: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    overhead = 1024  # safetensors header room per tensor, generous
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        n = t.numel() * t.element_size() + overhead
+        if n > max_bytes:
+            raise ValueError(f"tensor {name} alone is {n} bytes, over the piece limit {max_bytes}")
+        if size + n > max_bytes and pieces[-1]:
+            pieces.append({})
+            size = 0
+        pieces[-1][name] = t
+        size += n
+    paths = []
+    for i, piece in enumerate(pieces):
+        path = out_dir / f"piece-{i:03d}.safetensors"
+        save_file(piece, str(path))
+        paths.append(path)
+    index = {"pieces": [p.name for p in paths], "tensors": sum(len(p) for p in pieces), **(info or {})}
+    (out_dir / PIECES_INDEX).write_text(json.dumps(index, indent=1))
+    return paths
+
+
+def load_state(source: Path) -> dict[str, torch.Tensor]:
+    """Model weights from a .safetensors file, a folder written by ``save_pieces``, or a run folder."""
+    if source.is_dir() and (source / PIECES_INDEX).is_file():
+        index = json.loads((source / PIECES_INDEX).read_text())
+        state: dict[str, torch.Tensor] = {}
+        for name in index["pieces"]:
+            state.update(load_file(str(source / name)))
+        if len(state) != index["tensors"]:
+            raise ValueError(f"{source}: pieces hold {len(state)} tensors, the index says {index['tensors']}")
+        return state
+    if source.is_dir() and (source / "checkpoint.safetensors").is_file():
+        tensors = load_file(str(source / "checkpoint.safetensors"))
+        return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    if source.is_file():
+        return load_file(str(source))
+    raise FileNotFoundError(f"{source}: not a weights file, a pieces folder or a run folder")

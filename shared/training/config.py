@@ -11,8 +11,8 @@ import yaml
 
 @dataclass(frozen=True)
 class DataConfig:
-    kind: str = "synthetic"  # synthetic | folder | wildtrack | instereo2k | cityscapes
-    root: str = ""  # dataset root (folder: root/<camera>/<frame>.png)
+    kind: str = "synthetic"  # synthetic | folder | photos | wildtrack | wildtrack-subsets | instereo2k | cityscapes
+    root: str = ""  # dataset root (folder: root/<camera>/<frame>.png; photos: the mvic-corpus folder)
     split: str = "train"  # wildtrack / instereo2k / cityscapes split
     cameras: int = 7  # synthetic: cameras per scene
     frames: int = 200  # synthetic: timestamps per scene
@@ -21,6 +21,7 @@ class DataConfig:
     width: int = 480
     k_min: int = 1  # views per training group, drawn per batch
     k_max: int = 7
+    weight: float = 1.0  # share of batches drawn from this source when several are mixed
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,12 @@ class OptimConfig:
     aux_lr: float = 1e-3
     lr_milestones: tuple[int, ...] = ()  # steps at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.5
+    lr_time_fractions: tuple[float, ...] = ()  # with --max-minutes: lr *= lr_gamma once these shares have passed
     clip: float = 1.0  # gradient norm clipping
     max_steps: int = 100_000
     metric: str = "mse"  # mse | ms-ssim (lambda_ms-ssim = lambda_mse / 32: 8..128 as in the paper)
+    amp: str = "off"  # off | bf16: transforms and JCT in bfloat16 on CUDA, the entropy model always in float32
+    workers: int = 0  # DataLoader processes preparing batches (0: in the training process)
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,9 @@ class RunConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
+    init_from: str = ""  # start a new run from these weights (.safetensors, or a folder of pieces from --export-pieces)
     data: DataConfig = field(default_factory=DataConfig)
+    extra_data: tuple[DataConfig, ...] = ()  # further sources mixed in by weight (one source per batch)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -60,8 +66,12 @@ def _build(cls, raw: Any, path: str):
         key = f"{path}.{name}" if path else name
         if is_dataclass(hint):
             kwargs[name] = _build(hint, value, key)
-        elif hint == tuple[int, ...]:
-            kwargs[name] = tuple(int(v) for v in value)
+        elif hint == tuple[DataConfig, ...]:
+            if not isinstance(value, list):
+                raise ValueError(f"{key}: expected a list of data sources")
+            kwargs[name] = tuple(_build(DataConfig, v, f"{key}[{i}]") for i, v in enumerate(value))
+        elif hint in (tuple[int, ...], tuple[float, ...]):
+            kwargs[name] = tuple(hint.__args__[0](v) for v in value)
         else:
             try:
                 kwargs[name] = hint(value)
@@ -81,5 +91,10 @@ def config_to_dict(config) -> dict:
     out = {}
     for f in fields(config):
         value = getattr(config, f.name)
-        out[f.name] = config_to_dict(value) if is_dataclass(value) else list(value) if isinstance(value, tuple) else value
+        if is_dataclass(value):
+            out[f.name] = config_to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = [config_to_dict(v) if is_dataclass(v) else v for v in value]
+        else:
+            out[f.name] = value
     return out

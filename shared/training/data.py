@@ -71,6 +71,27 @@ class FolderGroups:
         return np.stack(views)
 
 
+class ConcatGroups:
+    """Several sources with the same number of cameras as one (e.g. many scene folders: ``root: scenes/*``)."""
+
+    def __init__(self, sources: Sequence[GroupSource]):
+        if not sources:
+            raise ValueError("no sources to concatenate")
+        counts = {len(s.cameras) for s in sources}
+        if len(counts) != 1:
+            raise ValueError(f"sources have different camera counts {sorted(counts)}; mix them as extra_data")
+        self.sources = list(sources)
+        self.cameras = list(sources[0].cameras)
+        self._starts = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def group(self, index: int) -> np.ndarray:
+        i = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.sources[i].group(index - int(self._starts[i]))
+
+
 class SyntheticGroups:
     """``frames`` timestamps of each of ``scenes`` seeded scenes (seeds seed, seed+1, ...)."""
 
@@ -139,3 +160,36 @@ class GroupBatcher:
         if self.rng.random() < 0.5:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)
+
+
+class MixedBatcher:
+    """Batches from several sources: each batch comes whole from one source, drawn by weight."""
+
+    def __init__(self, batchers: Sequence[GroupBatcher], weights: Sequence[float], seed: int = 0):
+        if not batchers or len(batchers) != len(weights) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError("need one non-negative weight per source, not all zero")
+        self.batchers = list(batchers)
+        self.p = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+        self.rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        for i, b in enumerate(self.batchers):
+            b.rng = np.random.default_rng([seed, i])
+
+    def next(self) -> Batch:
+        return self.batchers[int(self.rng.choice(len(self.batchers), p=self.p))].next()
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Endless batches for a DataLoader (batch_size=None); each worker draws its own seeded stream."""
+
+    def __init__(self, batcher: MixedBatcher, seed: int):
+        super().__init__()
+        self.batcher, self.seed = batcher, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        self.batcher.reseed(self.seed * 1009 + (info.id + 1 if info else 0))
+        while True:
+            yield self.batcher.next()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 import math
 import sys
@@ -22,15 +23,30 @@ from pathlib import Path
 
 import torch
 from pytorch_msssim import ms_ssim
+from tqdm import tqdm
 
 from mvic.shared.codec.model import LDMIC, RDOutput
 from mvic.shared.codec.registry import export_weights
 from mvic.shared.model_table import spec_by_name
 from mvic.shared.scene import SceneConfig
-from mvic.shared.training.checkpoint import load_checkpoint, save_checkpoint
-from mvic.shared.training.config import RunConfig, config_to_dict, load_config
-from mvic.shared.training.data import FolderGroups, GroupBatcher, SyntheticGroups
-from mvic.shared.training.datasets import Cityscapes, InStereo2K, WildTrackFrames
+from mvic.shared.training.checkpoint import (
+    PIECES_INDEX,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+    save_pieces,
+)
+from mvic.shared.training.config import DataConfig, RunConfig, config_to_dict, load_config
+from mvic.shared.training.data import (
+    BatchStream,
+    ConcatGroups,
+    FolderGroups,
+    GroupBatcher,
+    GroupSource,
+    MixedBatcher,
+    SyntheticGroups,
+)
+from mvic.shared.training.datasets import Cityscapes, InStereo2K, WildTrackFrames, WildTrackSubsets
 
 
 def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.Tensor, metric: str):
@@ -51,52 +67,117 @@ def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.T
     return (lam * distortion + bpp).mean(), bpp.mean(), mse.mean()
 
 
-def make_source(cfg: RunConfig):
-    d = cfg.data
+def make_source(d: DataConfig, seed: int) -> GroupSource:
     if d.kind == "synthetic":
-        scene = SceneConfig(seed=cfg.seed, cameras=d.cameras, height=d.height, width=d.width)
+        scene = SceneConfig(seed=seed, cameras=d.cameras, height=d.height, width=d.width)
         return SyntheticGroups(scene, d.frames, d.scenes)
     if d.kind == "folder":
+        if any(c in d.root for c in "*?["):  # many folders of the generic layout, e.g. one per scene
+            roots = sorted(Path(p) for p in glob.glob(d.root) if Path(p).is_dir())
+            if not roots:
+                raise FileNotFoundError(f"data.root {d.root!r} matches no folder")
+            return ConcatGroups([FolderGroups(r) for r in roots])
         return FolderGroups(d.root)
+    if d.kind == "photos":
+        from mvic.shared.training.corpus import PhotoWarpGroups
+
+        return PhotoWarpGroups(d.root, split=d.split, cameras=d.cameras, height=d.height, width=d.width, seed=seed)
+    if d.kind == "wildtrack-subsets":
+        return WildTrackSubsets(d.root)
     kinds = {"wildtrack": WildTrackFrames, "instereo2k": InStereo2K, "cityscapes": Cityscapes}
     if d.kind in kinds:
         return kinds[d.kind](d.root, d.split)
-    raise ValueError(f"data.kind must be one of synthetic, folder, {', '.join(kinds)}; got {d.kind!r}")
+    raise ValueError(f"data.kind must be one of synthetic, folder, photos, wildtrack-subsets, {', '.join(kinds)}; "
+                     f"got {d.kind!r}")
+
+
+def make_batches(cfg: RunConfig, num_rates: int, seed: int):
+    """An endless iterator of Batch: the configured sources mixed by weight, prepared by cfg.optim.workers."""
+    sources = (cfg.data, *cfg.extra_data)
+    batchers = [GroupBatcher(make_source(d, cfg.seed), cfg.optim.batch_size, cfg.optim.crop, d.k_min, d.k_max,
+                             num_rates, seed=seed + i) for i, d in enumerate(sources)]
+    mixed = MixedBatcher(batchers, [d.weight for d in sources], seed=seed)
+    workers = cfg.optim.workers
+    if workers == 0:
+        mixed.reseed(seed)
+        return iter(mixed.next, None)
+    loader = torch.utils.data.DataLoader(BatchStream(mixed, seed), batch_size=None, num_workers=workers,
+                                         pin_memory=torch.cuda.is_available(), prefetch_factor=4,
+                                         persistent_workers=True)
+    return iter(loader)
+
+
+def init_weights(model: LDMIC, source: Path) -> None:
+    """Start from other weights (another run's pieces, an exported file); the context model may differ in kind.
+
+    Tensors whose name and shape match are taken; a fast <-> autoregressive start keeps everything but the masked
+    context convolution's mask pattern (the weights are re-masked by the layer). Anything else missing is an error.
+    """
+    state = load_state(source)
+    own = model.state_dict()
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = sorted(set(own) - set(taken))
+    if missing:
+        raise ValueError(f"{source} lacks {len(missing)} tensors of {model.spec.name} (e.g. {missing[0]})")
+    model.load_state_dict(taken, strict=True)
 
 
 def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float | None = None,
           progress: bool = True) -> int:
     """Train until optim.max_steps or the time budget; checkpoints in run_dir. Returns the last step."""
     torch.manual_seed(cfg.seed)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     spec = spec_by_name(cfg.model)
-    model = LDMIC(spec).to(device).train()
+    model = LDMIC(spec)
+    resuming = (run_dir / "checkpoint.json").is_file()
+    if cfg.init_from and not resuming:
+        init_weights(model, Path(cfg.init_from))
+    model = model.to(device).train()
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
     opt = torch.optim.Adam(main_params, lr=cfg.optim.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=cfg.optim.aux_lr)
     optimizers = {"main": opt, "aux": aux_opt}
-    step = load_checkpoint(run_dir, model, optimizers) if (run_dir / "checkpoint.json").is_file() else 0
-    batcher = GroupBatcher(make_source(cfg), cfg.optim.batch_size, cfg.optim.crop, cfg.data.k_min, cfg.data.k_max,
-                           spec.num_rates, seed=cfg.seed + step)
+    step = load_checkpoint(run_dir, model, optimizers) if resuming else 0
+    batches = make_batches(cfg, spec.num_rates, seed=cfg.seed + step)
     lambdas = torch.tensor(spec.lambdas, device=device)
+    amp = cfg.optim.amp == "bf16" and device.startswith("cuda")
+    if cfg.optim.amp not in ("off", "bf16"):
+        raise ValueError(f"optim.amp must be off or bf16, got {cfg.optim.amp!r}")
     deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
     log_path = run_dir / "log.csv"
     new_log = not log_path.is_file()
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    skipped = 0
+    bar = tqdm(total=cfg.optim.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     with open(log_path, "a", newline="") as log_file:
         log = csv.writer(log_file)
         if new_log:
-            log.writerow(["step", "loss", "bpp", "mse", "psnr_db", "aux", "lr", "seconds"])
+            log.writerow(["step", "loss", "bpp", "mse", "psnr_db", "aux", "lr", "seconds", "k"])
         while step < cfg.optim.max_steps and time.monotonic() < deadline:
-            lr = cfg.optim.lr * cfg.optim.lr_gamma ** sum(step >= m for m in cfg.optim.lr_milestones)
+            decays = sum(step >= m for m in cfg.optim.lr_milestones)
+            if max_minutes:  # time-budgeted runs (short GPU leases) decay by the share of the budget used
+                used = (time.monotonic() - t0) / (60 * max_minutes)
+                decays += sum(used >= f for f in cfg.optim.lr_time_fractions)
+            lr = cfg.optim.lr * cfg.optim.lr_gamma ** decays
             for group in opt.param_groups:
                 group["lr"] = lr
-            batch = batcher.next()
-            x, rate = batch.images.to(device), batch.rate.to(device)
-            out = model(x, rate)
+            batch = next(batches)
+            x = batch.images.to(device, non_blocking=True)
+            rate = batch.rate.to(device, non_blocking=True)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(x, rate)
             loss, bpp, mse = rd_loss(out, x, rate, lambdas, cfg.optim.metric)
             opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                skipped += 1  # a non-finite batch is skipped and counted, never applied
+                if skipped > 100:
+                    raise FloatingPointError("more than 100 non-finite losses; lower optim.lr or set optim.amp: off")
+                continue
             loss.backward()
             torch.nn.utils.clip_grad_norm_(main_params, cfg.optim.clip)
             opt.step()
@@ -105,27 +186,42 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
             aux.backward()
             aux_opt.step()
             step += 1
-            loss, bpp, mse, aux = (float(t.detach()) for t in (loss, bpp, mse, aux))
+            bar.update(1)
             if step % cfg.log_every == 0 or step == 1:
+                loss, bpp, mse, aux = (float(t.detach()) for t in (loss, bpp, mse, aux))
                 psnr = -10 * math.log10(max(mse, 1e-10))
                 log.writerow([step, f"{loss:.5f}", f"{bpp:.5f}", f"{mse:.6f}", f"{psnr:.3f}", f"{aux:.3f}",
-                              f"{lr:.3g}", f"{time.monotonic() - t0:.1f}"])
+                              f"{lr:.3g}", f"{time.monotonic() - t0:.1f}", x.shape[1]])
                 log_file.flush()
-                if progress:
-                    print(f"step {step}: loss {loss:.4f} bpp {bpp:.4f} psnr {psnr:.2f} dB "
-                          f"K={x.shape[1]}", file=sys.stderr, flush=True)
+                bar.set_postfix(loss=f"{loss:.4f}", bpp=f"{bpp:.3f}", psnr=f"{psnr:.2f}", K=x.shape[1])
             if step % cfg.checkpoint_every == 0:
                 save_checkpoint(run_dir, step, model, optimizers, config_to_dict(cfg))
+    bar.close()
+    if skipped:
+        print(f"skipped {skipped} batches with a non-finite loss", file=sys.stderr)
     save_checkpoint(run_dir, step, model, optimizers, config_to_dict(cfg))
     return step
 
 
+def _run_model_name(run_dir: Path) -> str:
+    if (run_dir / "checkpoint.json").is_file():
+        return json.loads((run_dir / "checkpoint.json").read_text())["config"]["model"]
+    if (run_dir / PIECES_INDEX).is_file():
+        return json.loads((run_dir / PIECES_INDEX).read_text())["model"]
+    raise FileNotFoundError(f"{run_dir} is neither a run folder (checkpoint.json) nor a pieces folder ({PIECES_INDEX})")
+
+
 def export_run(run_dir: Path, out: Path) -> str:
-    """Export a run's checkpoint as a shipped-weights file (CDF tables updated); returns its sha256."""
-    cfg = json.loads((run_dir / "checkpoint.json").read_text())["config"]
-    model = LDMIC(spec_by_name(cfg["model"]))
-    load_checkpoint(run_dir, model, {})
+    """Export a run's (or a pieces folder's) weights as a shipped-weights file (CDF tables updated); its sha256."""
+    model = LDMIC(spec_by_name(_run_model_name(run_dir)))
+    model.load_state_dict(load_state(run_dir), strict=True)
     return export_weights(model.eval(), out)
+
+
+def export_pieces(run_dir: Path, out_dir: Path, max_mib: float = 16) -> list[Path]:
+    """The run's model weights in safetensors pieces of at most max_mib MiB (resume elsewhere with init_from)."""
+    info = {"model": _run_model_name(run_dir)}
+    return save_pieces(load_state(run_dir), out_dir, int(max_mib * (1 << 20)), info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
     p.add_argument("--export", type=Path, metavar="FILE", help="export the run's checkpoint as weights and exit")
+    p.add_argument("--export-pieces", type=Path, metavar="DIR",
+                   help="write the run's model weights as safetensors pieces of at most --piece-mib MiB and exit")
+    p.add_argument("--piece-mib", type=float, default=16, help="piece size limit for --export-pieces (MiB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--validate-config", action="store_true", help="check the config and exit")
     return p
 
@@ -146,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         digest = export_run(args.run, args.export)
         print(f"{args.export}: sha256 {digest}")
         return 0
+    if args.export_pieces:
+        for path in export_pieces(args.run, args.export_pieces, args.piece_mib):
+            print(f"{path}: {path.stat().st_size} bytes")
+        return 0
     try:
         cfg = load_config(args.config)
     except (ValueError, OSError) as exc:
@@ -154,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.validate_config:
         print("config ok")
         return 0
-    step = train(cfg, args.run, args.device, args.max_minutes)
+    step = train(cfg, args.run, args.device, args.max_minutes, progress=not args.quiet)
     print(f"stopped at step {step}; checkpoint in {args.run}")
     return 0
 

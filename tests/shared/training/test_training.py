@@ -75,3 +75,39 @@ def test_short_run_learns_resumes_and_exports(tmp_path):
     model = load_model(weights)
     view = model.compress_view(np.zeros((64, 64, 3), np.uint8), 2)
     assert model.decompress([view])[0].image.shape == (64, 64, 3)
+
+
+def test_weights_travel_in_pieces_and_start_a_new_run(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.replace("max_steps: 40", "max_steps: 2"))
+    run = tmp_path / "run"
+    assert main(["--run", str(run), "--config", str(cfg), "--quiet"]) == 0
+    pieces = tmp_path / "pieces"
+    assert main(["--run", str(run), "--export-pieces", str(pieces), "--piece-mib", "0.25"]) == 0
+    files = sorted(pieces.glob("piece-*.safetensors"))
+    assert len(files) > 2 and all(f.stat().st_size <= 0.25 * 2**20 for f in files)
+    direct, joined = tmp_path / "direct.safetensors", tmp_path / "joined.safetensors"
+    assert main(["--run", str(run), "--export", str(direct)]) == 0
+    assert main(["--run", str(pieces), "--export", str(joined)]) == 0
+    assert direct.read_bytes() == joined.read_bytes()  # the pieces hold exactly the run's weights
+    # a new run of the autoregressive sibling starts from them (all but the context mask pattern carries over)
+    cfg2 = tmp_path / "ar.yaml"
+    cfg2.write_text(CONFIG.replace("test-tiny-fast", "test-tiny-ar").replace("max_steps: 40", "max_steps: 1")
+                    + f"init_from: {pieces}\n")
+    assert main(["--run", str(tmp_path / "ar"), "--config", str(cfg2), "--quiet"]) == 0
+
+
+def test_sources_mix_by_weight_and_glob_many_scene_folders(tmp_path):
+    from mvic.shared.scene import SceneConfig, write_scene
+    from mvic.shared.training.config import DataConfig, RunConfig
+    from mvic.shared.training.train import make_batches
+
+    for seed in (0, 1):
+        write_scene(SceneConfig(seed=seed, cameras=2, height=64, width=96), 2, tmp_path / f"s{seed}")
+    cfg = RunConfig(model="test-tiny-fast",
+                    data=DataConfig(kind="folder", root=str(tmp_path / "s*"), k_min=2, k_max=2, weight=1.0),
+                    extra_data=(DataConfig(kind="synthetic", cameras=3, frames=2, scenes=1, height=64, width=96,
+                                           k_min=3, k_max=3, weight=3.0),))
+    batches = make_batches(cfg, num_rates=5, seed=0)
+    ks = [next(batches).images.shape[1] for _ in range(40)]
+    assert 5 <= ks.count(2) <= 18 and ks.count(2) + ks.count(3) == 40  # ~1:3, one source per batch
