@@ -27,7 +27,7 @@ from mvic.shared.codec.registry import load_model
 from mvic.shared.evaluation import baselines as bl
 from mvic.shared.evaluation.bdrate import bd_rate
 from mvic.shared.scene import SceneConfig
-from mvic.shared.training.config import DataConfig, RunConfig
+from mvic.shared.training.config import DataConfig
 from mvic.shared.training.data import SyntheticGroups
 from mvic.shared.training.train import make_source
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         h, w = (int(s) for s in args.size.split("x"))
         source = SyntheticGroups(SceneConfig(seed=args.seed, cameras=args.cameras, height=h, width=w), args.groups)
     else:
-        source = make_source(RunConfig(data=DataConfig(kind=args.data, root=args.root, split=args.split)))
+        source = make_source(DataConfig(kind=args.data, root=args.root, split=args.split, cameras=args.cameras), args.seed)
     n = min(args.groups, len(source))
     idx = np.linspace(0, len(source) - 1, n).round().astype(int)
     groups = [list(source.group(int(i))) for i in idx]
