@@ -1,0 +1,127 @@
+"""The orchestrator: one start order, the reverse stop order, one stop event from ``main``.
+
+Start: metrics endpoint -> core (ack journal, sink and timeout tasks) -> gRPC server with health NOT_SERVING ->
+live page -> model load (on a thread; health turns SERVING and streams are taken once it is in memory).
+Stop (SIGTERM/SIGINT in ``cli.main`` set the stop event): health NOT_SERVING -> core drain (open groups decoded,
+written, acked; streams told to reconnect) -> gRPC server stop -> live page -> core pools and sinks -> metrics.
+
+The data path itself is receive (``servicer``) -> group (``grouper``) -> joint decode (``decoder``) -> sink
+(``sinks``) -> ack (``acks``), wired by ``core.FusionCore``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from mvic.fusion_server.config import ServerConfig, split_host_port
+from mvic.fusion_server.core import FusionCore
+from mvic.fusion_server.decoder import GroupDecoder, resolve_device
+from mvic.fusion_server.live import LiveView
+from mvic.fusion_server.metrics import ServerMetrics
+from mvic.fusion_server.servicer import FusionServicer
+from mvic.fusion_server.webpage import LivePage
+from mvic.shared.codec.model import LDMIC
+from mvic.shared.codec.registry import WeightsRecord, default_weights, load_model
+from mvic.shared.rpc import SERVICE_NAME, mvic_pb2_grpc, server_options
+
+log = logging.getLogger(__name__)
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("mvic")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def weights_source(config: ServerConfig) -> Path | WeightsRecord:
+    """The weights file to load: --weights, else the installed weights of --model (NoTrainedWeightsError if none)."""
+    return Path(config.weights) if config.weights else default_weights(config.model)
+
+
+class FusionApp:
+    def __init__(self, config: ServerConfig, registry: CollectorRegistry | None = None,
+                 model_loader: Callable[[str], LDMIC] | None = None):
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = ServerMetrics(self.registry)
+        self.live = LiveView(config.max_cameras)
+        self._model_loader = model_loader or self._load_model
+        self.core: FusionCore | None = None
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._page: LivePage | None = None
+        self._metrics_server = None
+        self.port = 0  # bound gRPC port (useful with listen port 0)
+        self.http_port = 0
+
+    def _load_model(self, device: str) -> LDMIC:
+        return load_model(weights_source(self.config), model=self.config.model, device=device)
+
+    async def start(self) -> None:
+        c = self.config
+        if c.metrics_port:
+            self._metrics_server, _ = start_http_server(c.metrics_port, registry=self.registry)
+            log.info("metrics on :%d/metrics", c.metrics_port)
+        self.core = FusionCore(c, self.metrics, self.live, server_version=server_version())
+        await self.core.start()
+        self._server = grpc.aio.server(options=server_options(c.max_packet_bytes))
+        mvic_pb2_grpc.add_FusionServicer_to_server(FusionServicer(self.core), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self._server.add_insecure_port(c.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {c.listen}")
+        await self._server.start()
+        log.info("gRPC on %s (port %d), health NOT_SERVING until the model is loaded", c.listen, self.port)
+        if c.http:
+            host, port = split_host_port(c.http)
+            self._page = LivePage(self.live, host, port, lambda: self.core is not None and self.core.ready)
+            self._page.start()
+            self.http_port = self._page.port
+        device = resolve_device(c.device)
+        if c.decode.torch_threads:
+            torch.set_num_threads(c.decode.torch_threads)
+        log.info("loading model %s on %s", c.model, device)
+        model = await asyncio.to_thread(self._model_loader, device)
+        self.core.attach_decoder(GroupDecoder(model))
+        self.metrics.model_loaded.set(1)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("model %s (weights %s) loaded on %s: serving", model.spec.name, model.weights_hash.hex(), device)
+
+    async def stop(self) -> None:
+        """Reverse order; safe after a partial start."""
+        log.info("stopping: draining in-flight groups (up to %.1f s)", self.config.shutdown_grace_s)
+        await self.health.enter_graceful_shutdown()
+        self.metrics.model_loaded.set(0)
+        if self.core is not None:
+            await self.core.drain(self.config.shutdown_grace_s)
+        if self._server is not None:
+            await self._server.stop(grace=min(2.0, self.config.shutdown_grace_s))
+        if self._page is not None:
+            self._page.stop()
+        if self.core is not None:
+            await self.core.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        log.info("stopped")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    async def _set_health(self, status) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)

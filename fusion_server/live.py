@@ -1,0 +1,138 @@
+"""Newest reconstruction and running stats per camera, for the live page: sink -> **live view** -> HTTP.
+
+Hop before: the sink stage has written a group (``core.FusionCore``) and publishes its frames here.
+Hop after: ``webpage.LivePage`` serves ``snapshot()`` as JSON and ``jpeg(camera)`` as images.
+
+Thread-safe (the sink stage runs on worker threads, the HTTP server on its own). Memory is bounded: one JPEG and a
+short window of timings per camera, for at most ``max_cameras`` cameras.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import cv2
+
+from mvic.fusion_server.records import DecodedFrame
+
+WINDOW_S = 5.0  # fps and means are over this many recent seconds
+MAX_PREVIEW_WIDTH = 640
+
+
+@dataclass(frozen=True)
+class CameraStats:
+    camera: str
+    group: str
+    connected: bool
+    frames_decoded: int
+    frames_rejected: int
+    duplicates: int
+    fps: float  # written frames per second, recent window
+    bpp: float  # bits per pixel, recent window
+    latency_s: float  # received -> written, server clock, recent mean
+    capture_latency_s: float  # captured (camera clock) -> written (server clock), recent mean
+    acked_sequence: int
+    width: int
+    height: int
+    updated_unix_s: float
+
+
+class _Camera:
+    def __init__(self, camera: str, group: str):
+        self.camera, self.group = camera, group
+        self.connected = False
+        self.decoded = self.rejected = self.duplicates = 0
+        self.acked = 0
+        self.size = (0, 0)
+        self.jpeg: bytes | None = None
+        self.updated = 0.0
+        self.recent: deque[tuple[float, float, float, float]] = deque(maxlen=512)  # (t, bits/pixels, lat, cap_lat)
+
+
+class LiveView:
+    def __init__(self, max_cameras: int = 64, jpeg_quality: int = 80):
+        self._lock = threading.Lock()
+        self._cameras: dict[str, _Camera] = {}
+        self._max = max_cameras
+        self._quality = jpeg_quality
+        self.started_unix_s = time.time()
+
+    def set_connected(self, camera: str, group: str, connected: bool) -> None:
+        with self._lock:
+            cam = self._get(camera, group)
+            if cam:
+                cam.connected = connected
+
+    def record_frames(self, frames: tuple[DecodedFrame, ...], written_ns: int) -> None:
+        """Publish written frames: previews are encoded here (on the sink's thread), outside the lock."""
+        previews = {f.source.camera_id: self._preview(f) for f in frames}
+        now = time.monotonic()
+        with self._lock:
+            for frame in frames:
+                src = frame.source
+                cam = self._get(src.camera_id, src.group_id)
+                if cam is None:
+                    continue
+                h, w = frame.image.shape[:2]
+                cam.decoded += 1
+                cam.size = (w, h)
+                cam.jpeg = previews[src.camera_id]
+                cam.updated = time.time()
+                cam.recent.append((now, 8.0 * src.bitstream_bytes / (h * w), (written_ns - src.received_ns) / 1e9,
+                                   (written_ns - src.capture_ns) / 1e9))
+
+    def record_rejected(self, camera: str, group: str) -> None:
+        with self._lock:
+            if cam := self._get(camera, group):
+                cam.rejected += 1
+
+    def record_duplicate(self, camera: str, group: str) -> None:
+        with self._lock:
+            if cam := self._get(camera, group):
+                cam.duplicates += 1
+
+    def record_ack(self, camera: str, group: str, acked: int) -> None:
+        with self._lock:
+            if cam := self._get(camera, group):
+                cam.acked = acked
+
+    def jpeg(self, camera: str) -> bytes | None:
+        with self._lock:
+            cam = self._cameras.get(camera)
+            return cam.jpeg if cam else None
+
+    def snapshot(self) -> dict:
+        """JSON-ready stats: {"uptime_s", "cameras": [CameraStats as dict, sorted by camera]}."""
+        now = time.monotonic()
+        with self._lock:
+            stats = [self._stats(cam, now) for cam in self._cameras.values()]
+        return {"uptime_s": round(time.time() - self.started_unix_s, 3),
+                "cameras": [asdict(s) for s in sorted(stats, key=lambda s: s.camera)]}
+
+    def _stats(self, cam: _Camera, now: float) -> CameraStats:
+        recent = [r for r in cam.recent if now - r[0] <= WINDOW_S]
+        span = min(WINDOW_S, max(now - recent[0][0], 1e-3)) if len(recent) > 1 else 0.0
+
+        def mean(i: int) -> float:
+            return round(sum(r[i] for r in recent) / len(recent), 6) if recent else 0.0
+
+        return CameraStats(cam.camera, cam.group, cam.connected, cam.decoded, cam.rejected, cam.duplicates,
+                           round((len(recent) - 1) / span, 3) if span else 0.0, mean(1), mean(2), mean(3),
+                           cam.acked, cam.size[0], cam.size[1], cam.updated)
+
+    def _get(self, camera: str, group: str) -> _Camera | None:
+        cam = self._cameras.get(camera)
+        if cam is None and len(self._cameras) < self._max:
+            cam = self._cameras[camera] = _Camera(camera, group)
+        return cam
+
+    def _preview(self, frame: DecodedFrame) -> bytes:
+        bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+        h, w = bgr.shape[:2]
+        if w > MAX_PREVIEW_WIDTH:
+            bgr = cv2.resize(bgr, (MAX_PREVIEW_WIDTH, max(1, h * MAX_PREVIEW_WIDTH // w)), interpolation=cv2.INTER_AREA)
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
+        return data.tobytes() if ok else b""

@@ -1,0 +1,63 @@
+"""One camera's open stream as the core sees it: the outbox of events going back to the node.
+
+Hop before: the core (``core.FusionCore``) pushes acks (after the journal write), packet rejections and the close.
+Hop after: the servicer (``servicer.FusionServicer``) awaits ``next_event`` and turns each into a ServerMessage.
+
+Bounded: acks are cumulative, so only the highest waiting one is kept; rejections wait in a deque of at most
+``max_rejections`` (the oldest is dropped and counted beyond that). Rejections go out before the ack that covers
+them; the close goes out last, after everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from mvic.fusion_server.errors import PacketRejected, ServerError
+from mvic.fusion_server.records import AckEvent, CloseEvent, NodeHello, Outgoing, RejectEvent
+
+
+class Session:
+    def __init__(self, hello: NodeHello, max_rejections: int = 1024):
+        self.hello = hello
+        self.camera = hello.camera_id
+        self.group = hello.group_id
+        self.input_done = False  # the node half-closed its side; the stream ends once its frames are acked
+        self.rejections_dropped = 0
+        self._ack: int | None = None
+        self._rejections: deque[PacketRejected] = deque()
+        self._max_rejections = max_rejections
+        self._close: CloseEvent | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._close is not None
+
+    def push_ack(self, acked: int) -> None:
+        self._ack = acked if self._ack is None else max(self._ack, acked)
+        self._wake.set()
+
+    def push_reject(self, error: PacketRejected) -> None:
+        if len(self._rejections) >= self._max_rejections:
+            self._rejections.popleft()
+            self.rejections_dropped += 1
+        self._rejections.append(error)
+        self._wake.set()
+
+    def close(self, reason: str, error: ServerError | None = None) -> None:
+        if self._close is None:
+            self._close = CloseEvent(reason, error)
+            self._wake.set()
+
+    async def next_event(self) -> Outgoing:
+        while True:
+            if self._rejections:
+                return RejectEvent(self._rejections.popleft())
+            if self._ack is not None:
+                acked, self._ack = self._ack, None
+                return AckEvent(acked)
+            if self._close is not None:
+                return self._close
+            self._wake.clear()
+            await self._wake.wait()
