@@ -1,0 +1,153 @@
+"""``mvic-node``: one camera's encoder process (capture -> encode -> spool -> send to the fusion server).
+
+    mvic-node --camera C1 --server fusion:50051                       # synthetic scene, this camera's view
+    mvic-node --camera C3 --server fusion:50051 --source rtsp://cam3/stream --fps 10 --rate 3
+    mvic-node --config node.yaml --validate-config                    # check, print the resolved config, exit
+
+Settings come from ``--config node.yaml`` (see ``mvic.node.config``) with the flags below on top. Exit status:
+0 stopped cleanly (SIGTERM/SIGINT, or the source ended and everything was acknowledged); 1 packets left
+unacknowledged after the source ended, or a stage crashed; 2 bad configuration or start-up failure (weights, spool,
+source). Signal handlers are installed here and nowhere else: SIGTERM/SIGINT stop the node gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+
+import yaml
+
+from mvic.node.config import POLICIES, WHEN_FULL, ConfigError, NodeConfig, load_config, to_dict
+
+log = logging.getLogger("mvic.node")
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text: str) -> int:
+    """'268435456', '256M', '256MiB', '1G' -> bytes (powers of 1024)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (examples: 268435456, 256M, 1G)")
+    return int(m.group(1)) * 1024 ** ("kmgt".find(m.group(2).lower()) + 1) if m.group(2) else int(m.group(1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mvic-node", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="node.yaml; the flags below override it")
+    p.add_argument("--validate-config", action="store_true",
+                   help="check the configuration (and that the source and weights exist), print it, exit")
+    p.add_argument("--camera", help="camera id, e.g. C1 (C1..C7 also pick the synthetic scene's view)")
+    p.add_argument("--server", help="fusion server host:port (default localhost:50051)")
+    p.add_argument("--group", help="camera group at the server (default: the server's default group)")
+    src = p.add_argument_group("capture")
+    src.add_argument("--source", help="video file, rtsp://... URL, webcam index or image folder "
+                                      "(default: the synthetic scene)")
+    src.add_argument("--fps", type=float, help="frames per second to capture (0 = as fast as files can be read)")
+    src.add_argument("--frames", type=int, help="stop after N frames (0 = run until stopped)")
+    src.add_argument("--start-at", type=int, metavar="NS",
+                     help="capture schedule origin, ns since the Unix epoch: frame i of a file/folder/synthetic "
+                          "source is stamped start_at + i/fps, so nodes started together agree (default: now)")
+    src.add_argument("--loop", action="store_true", default=None, help="restart a file or folder at its end")
+    enc = p.add_argument_group("encode")
+    enc.add_argument("--rate", type=int, help="rate index, 0 (smallest) .. 4 (best quality); default 2")
+    enc.add_argument("--model", help="architecture (default: the one the weights file names; ldmic-fast-lite)")
+    enc.add_argument("--weights", metavar="FILE", help="weights .safetensors (default: the installed weights)")
+    enc.add_argument("--threads", type=int, help="torch CPU threads for the encoder (default 1)")
+    enc.add_argument("--policy", choices=POLICIES,
+                     help="slow encoder: 'latest' keeps only the newest frame (drops counted; default), "
+                          "'every' queues frames and makes capture wait")
+    sp = p.add_argument_group("spool")
+    sp.add_argument("--spool", metavar="DIR", help="spool folder; packets wait here until acked (default mvic-spool)")
+    sp.add_argument("--spool-max-bytes", type=parse_bytes, metavar="BYTES", help="spool bound, e.g. 256M (default)")
+    sp.add_argument("--spool-when-full", choices=WHEN_FULL,
+                    help="'drop-oldest' unacked packet (default, ERROR logged) or 'block' capture")
+    ops = p.add_argument_group("operations")
+    ops.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default 0 = off)")
+    ops.add_argument("--log-level", type=str.upper, help="DEBUG, INFO (default), WARNING or ERROR")
+    return p
+
+
+_FLAG_KEYS = {
+    "camera": "camera", "server": "server", "group": "group", "source": "source.uri", "fps": "source.fps",
+    "frames": "source.frames", "start_at": "source.start_at_ns", "loop": "source.loop", "rate": "encode.rate",
+    "model": "encode.model", "weights": "encode.weights", "threads": "encode.threads", "policy": "encode.policy",
+    "spool": "spool.dir", "spool_max_bytes": "spool.max_bytes", "spool_when_full": "spool.when_full",
+    "metrics_port": "metrics.port", "log_level": "log_level",
+}
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    overrides = {key: getattr(args, name) for name, key in _FLAG_KEYS.items() if getattr(args, name) is not None}
+    return load_config(args.config, overrides)
+
+
+def preflight(config: NodeConfig) -> None:
+    """Checks that need no model load: the source resolves, the weights file exists or trained weights are
+    installed. Raises ConfigError naming the key."""
+    from mvic.node.sources import SourceError, open_source
+
+    try:
+        open_source(config.source, config.camera)
+    except SourceError as exc:
+        raise ConfigError(f"source.uri: {exc}") from None
+    if config.encode.weights:
+        if not Path(config.encode.weights).is_file():
+            raise ConfigError(f"encode.weights: {config.encode.weights} is not a file")
+    else:
+        from mvic.node.encoder import DEFAULT_MODEL
+        from mvic.shared.codec.registry import default_weights
+        from mvic.shared.errors import MVICError
+
+        try:
+            default_weights(config.encode.model or DEFAULT_MODEL)
+        except MVICError as exc:
+            raise ConfigError(f"encode.weights: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        if args.validate_config:
+            preflight(config)
+    except ConfigError as exc:
+        print(f"mvic-node: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.validate_config:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        print(f"mvic-node: configuration OK for camera {config.camera}", file=sys.stderr)
+        return 0
+    logging.basicConfig(level=config.log_level, force=True,
+                        format=f"%(asctime)s %(levelname)s mvic-node[{config.camera}] %(name)s: %(message)s")
+
+    from mvic.node.app import NodeApp  # torch is imported only when the node really runs
+    from mvic.node.sources import SourceError
+    from mvic.node.spool import SpoolError
+    from mvic.shared.errors import MVICError
+
+    app = NodeApp(config)
+
+    def request_stop(signum, _frame):
+        log.info("%s received; stopping (a second one exits at once)", signal.Signals(signum).name)
+        app.stop_event.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return app.run()
+    except (MVICError, SpoolError, SourceError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

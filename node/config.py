@@ -1,0 +1,264 @@
+"""Node configuration: frozen dataclasses loaded from YAML by one function; unknown keys are errors.
+
+Read by ``mvic.node.cli`` (YAML file, then command-line flags on top) and handed to ``mvic.node.app.NodeApp``,
+which gives each stage of the data path (capture -> encode -> spool -> send) its own section. Every error names the
+key path (``source.fps``, ``spool.when_full``), so an operator can find the line in ``node.yaml``.
+
+    camera: C1                     # required: the camera id sent to the server (C1..C7 pick the synthetic view)
+    group: ""                      # camera group; "" = the server's default group
+    server: localhost:50051        # fusion server address, host:port
+    log_level: INFO
+    source:
+      uri: ""                      # "" = synthetic scene; a video file, rtsp://..., a webcam index, an image folder
+      fps: 5.0                     # frames per second captured (0 = as fast as a file/folder/scene can be read)
+      frames: 0                    # stop after this many frames (0 = run until stopped)
+      start_at_ns: 0               # capture schedule origin, ns since the Unix epoch (0 = node start)
+      loop: false                  # files/folders: start again at the end instead of finishing
+      read_timeout_s: 5.0          # a read longer than this means the source hangs: it is reopened
+      open_timeout_s: 20.0         # same for opening (RTSP handshakes can be slow)
+      reopen_backoff_s: 0.5        # first wait before reopening a hung/dead source; doubles up to the max
+      reopen_backoff_max_s: 30.0
+      synthetic: {seed: 0, cameras: 7, height: 270, width: 480}
+    encode:
+      model: ""                    # architecture; "" = the one the weights file names (ldmic-fast-lite without one)
+      weights: ""                  # weights file; "" = the installed weights of the model
+      rate: 2                      # rate index 0 (lowest) .. 4
+      threads: 1                   # torch CPU threads of the encoder worker
+      policy: latest               # latest: keep only the newest frame; every: bounded queue, capture waits
+      queue_frames: 4              # queue length under policy 'every'
+    spool:
+      dir: mvic-spool              # packets wait here (one sub-folder per camera) until the server acks them
+      max_bytes: 268435456
+      when_full: drop-oldest       # drop-oldest: drop the oldest unacked packet (ERROR); block: stop capturing
+    link:
+      backoff_initial_s: 0.5       # reconnect: full-jitter exponential backoff from this ...
+      backoff_max_s: 20.0          # ... capped here
+      refused_backoff_s: 60.0      # wait after the server refused the camera or its model
+      max_in_flight: 64            # packets sent and not yet acked
+      handshake_timeout_s: 10.0    # no Welcome within this time: drop the stream and reconnect
+      drain_timeout_s: 5.0         # on SIGTERM: wait this long for the last acks (the rest stays spooled)
+      finish_timeout_s: 120.0      # after --frames / the end of a file: wait this long for every ack
+    metrics:
+      port: 0                      # Prometheus /metrics port (0 = no endpoint)
+      host: 0.0.0.0
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+POLICIES = ("latest", "every")
+WHEN_FULL = ("drop-oldest", "block")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_HOST_PORT = re.compile(r"^(unix:\S+|\S+:\d{1,5})$")  # host:port, [v6]:port, dns:///host:port, unix:/path
+
+
+class ConfigError(ValueError):
+    """A node configuration that cannot be used; the message starts with the key path."""
+
+
+def _require(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The embedded synthetic scene (mvic.shared.scene); every node must use the same values to see one scene."""
+
+    seed: int = 0
+    cameras: int = 7
+    height: int = 270
+    width: int = 480
+
+    def __post_init__(self):
+        _require(1 <= self.cameras <= 64, "source.synthetic.cameras", f"must be 1..64, got {self.cameras}")
+        _require(self.height >= 8 and self.width >= 8, "source.synthetic.height",
+                 f"view {self.height}x{self.width} is too small; use at least 8x8")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    uri: str = ""
+    fps: float = 5.0
+    frames: int = 0
+    start_at_ns: int = 0
+    loop: bool = False
+    read_timeout_s: float = 5.0
+    open_timeout_s: float = 20.0
+    reopen_backoff_s: float = 0.5
+    reopen_backoff_max_s: float = 30.0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        _require(0 <= self.fps <= 1000, "source.fps", f"must be 0..1000 frames/s, got {self.fps}")
+        _require(self.frames >= 0, "source.frames", f"must be >= 0 (0 = unlimited), got {self.frames}")
+        _require(self.start_at_ns >= 0, "source.start_at_ns", f"must be >= 0 ns, got {self.start_at_ns}")
+        _require(self.read_timeout_s > 0, "source.read_timeout_s", f"must be > 0 s, got {self.read_timeout_s}")
+        _require(self.open_timeout_s > 0, "source.open_timeout_s", f"must be > 0 s, got {self.open_timeout_s}")
+        _require(self.reopen_backoff_s > 0, "source.reopen_backoff_s", f"must be > 0 s, got {self.reopen_backoff_s}")
+        _require(self.reopen_backoff_max_s >= self.reopen_backoff_s, "source.reopen_backoff_max_s",
+                 f"must be >= source.reopen_backoff_s ({self.reopen_backoff_s}), got {self.reopen_backoff_max_s}")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    model: str = ""
+    weights: str = ""
+    rate: int = 2
+    threads: int = 1
+    policy: str = "latest"
+    queue_frames: int = 4
+
+    def __post_init__(self):
+        _require(0 <= self.rate <= 255, "encode.rate", f"must be a rate index 0..4, got {self.rate}")
+        _require(1 <= self.threads <= 256, "encode.threads", f"must be 1..256, got {self.threads}")
+        _require(self.policy in POLICIES, "encode.policy", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        _require(1 <= self.queue_frames <= 1024, "encode.queue_frames", f"must be 1..1024, got {self.queue_frames}")
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    dir: str = "mvic-spool"
+    max_bytes: int = 256 << 20
+    when_full: str = "drop-oldest"
+
+    def __post_init__(self):
+        _require(bool(self.dir), "spool.dir", "must name a folder")
+        _require(self.max_bytes >= 1 << 16, "spool.max_bytes", f"must be >= 65536 bytes, got {self.max_bytes}")
+        _require(self.when_full in WHEN_FULL, "spool.when_full",
+                 f"must be one of {', '.join(WHEN_FULL)}, got {self.when_full!r}")
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 20.0
+    refused_backoff_s: float = 60.0
+    max_in_flight: int = 64
+    handshake_timeout_s: float = 10.0
+    drain_timeout_s: float = 5.0
+    finish_timeout_s: float = 120.0
+
+    def __post_init__(self):
+        _require(self.backoff_initial_s > 0, "link.backoff_initial_s", f"must be > 0 s, got {self.backoff_initial_s}")
+        _require(self.backoff_max_s >= self.backoff_initial_s, "link.backoff_max_s",
+                 f"must be >= link.backoff_initial_s ({self.backoff_initial_s}), got {self.backoff_max_s}")
+        _require(self.refused_backoff_s > 0, "link.refused_backoff_s", f"must be > 0 s, got {self.refused_backoff_s}")
+        _require(1 <= self.max_in_flight <= 100_000, "link.max_in_flight", f"must be 1..100000, got {self.max_in_flight}")
+        _require(self.handshake_timeout_s > 0, "link.handshake_timeout_s",
+                 f"must be > 0 s, got {self.handshake_timeout_s}")
+        _require(self.finish_timeout_s >= 0, "link.finish_timeout_s", f"must be >= 0 s, got {self.finish_timeout_s}")
+        _require(self.drain_timeout_s >= 0, "link.drain_timeout_s", f"must be >= 0 s, got {self.drain_timeout_s}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 0
+    host: str = "0.0.0.0"
+
+    def __post_init__(self):
+        _require(0 <= self.port <= 65535, "metrics.port", f"must be 0..65535 (0 = off), got {self.port}")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    camera: str = ""
+    group: str = ""
+    server: str = "localhost:50051"
+    log_level: str = "INFO"
+    source: SourceConfig = field(default_factory=SourceConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self):
+        cam = self.camera.encode("utf-8")
+        _require(1 <= len(cam) <= 64 and self.camera.isprintable() and "/" not in self.camera
+                 and self.camera not in (".", ".."), "camera",
+                 f"must be a printable id of 1..64 bytes without '/', got {self.camera!r} (set --camera or camera:)")
+        _require(len(self.group.encode("utf-8")) <= 64 and self.group.isprintable(), "group",
+                 f"must be printable and at most 64 bytes, got {self.group!r}")
+        _require(bool(_HOST_PORT.match(self.server)), "server", f"must be host:port, got {self.server!r}")
+        _require(self.log_level in LOG_LEVELS, "log_level",
+                 f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    if is_dataclass(hint):
+        return build(hint, value, key)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `camera: 1`, `source: {uri: 0}` (a webcam index)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - only the types above are declared
+
+
+def build(cls: type, raw: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys, wrong types and bad values name their key path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    for name in raw:
+        if name not in known:
+            key = f"{path}.{name}" if path else str(name)
+            raise ConfigError(f"{key}: unknown key; known keys{' of ' + path if path else ''}: {', '.join(known)}")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{path}.{name}" if path else name
+        hint = hints[name]
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:  # pragma: no cover
+            raise ConfigError(f"{key}: optional fields are not supported")
+        kwargs[name] = _convert(hint, value, key)
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> NodeConfig:
+    """The one loader: ``node.yaml`` (or defaults), then dotted-key overrides from the command line on top
+    (``{"source.fps": 10.0}``), then every check. Raises ConfigError naming the key path."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section = raw
+        *parents, leaf = dotted.split(".")
+        for name in parents:
+            if not isinstance(section.setdefault(name, {}), dict):
+                raise ConfigError(f"{name}: expected a mapping, got {type(section[name]).__name__}")
+            section = section[name]
+        section[leaf] = value
+    return build(NodeConfig, raw)
+
+
+def to_dict(config: Any) -> dict:
+    """Plain nested dict of a config (for --validate-config output and logs)."""
+    return {f.name: to_dict(getattr(config, f.name)) if is_dataclass(getattr(config, f.name))
+            else getattr(config, f.name) for f in fields(config)}

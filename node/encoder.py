@@ -1,0 +1,109 @@
+"""The encoder worker: code each frame on the CPU and spool it. Third hop of the data path.
+
+Hop before: ``mvic.node.handoff.FrameHandoff`` (frames from capture, under the latest/every policy).
+Hop after: ``mvic.node.spool.Spool`` (durable until acked), then ``mvic.node.link.Link`` sends it.
+
+One worker thread per node. Torch's intra-op threads are set explicitly (``encode.threads``) by
+``configure_torch`` before the worker starts, so a camera box is not oversubscribed; the convolutions release the
+GIL, so capture and the link keep running while a frame is coded. Each frame gets the next sequence number from the
+spool *before* coding, because the sequence is part of the bitstream header (``ViewPacket.sequence`` equals it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from mvic.node.config import EncodeConfig
+from mvic.node.handoff import Frame, FrameHandoff
+from mvic.node.metrics import NodeMetrics
+from mvic.node.spool import Spool
+from mvic.shared.bitstream import ViewHeader, pack
+from mvic.shared.codec.model import LDMIC
+from mvic.shared.codec.registry import default_weights, load_model
+from mvic.shared.errors import MVICError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ldmic-fast-lite"
+
+
+def configure_torch(threads: int) -> None:
+    """Pin torch's CPU thread pools (process-wide) for the encoder."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only settable before the first parallel op; already fixed then
+        pass
+
+
+def load_encoder(config: EncodeConfig) -> LDMIC:
+    """The model to code with: ``config.weights`` (checked against ``config.model`` when one is named), or the
+    installed weights of ``config.model`` (default ldmic-fast-lite; NoTrainedWeightsError says what to do)."""
+    if config.weights:
+        return load_model(Path(config.weights), model=config.model or None)
+    return load_model(default_weights(config.model or DEFAULT_MODEL))
+
+
+def compatibility_check(model: LDMIC):
+    """A predicate for ``Spool(keep=...)``: why a spooled packet coded by another model must be dropped, or None."""
+    weights_hash = model.weights_hash
+
+    def why_not(header: ViewHeader) -> str | None:
+        if header.model_id != model.spec.model_id or header.weights_hash != weights_hash:
+            return (f"coded with model {header.model_id:#06x} weights {header.weights_hash.hex()}, the node now uses "
+                    f"{model.spec.model_id:#06x} weights {weights_hash.hex()}; the server could not decode it")
+        return None
+
+    return why_not
+
+
+class EncoderWorker:
+    """Takes frames from the handoff until it is finished (or ``stop`` is set and it is empty); codes and spools."""
+
+    def __init__(self, model: LDMIC, handoff: FrameHandoff, spool: Spool, camera: str, rate_index: int,
+                 metrics: NodeMetrics, stop: threading.Event):
+        if not 0 <= rate_index < model.spec.num_rates:
+            raise ValueError(f"rate index {rate_index} is outside 0..{model.spec.num_rates - 1} of {model.spec.name}")
+        self.model = model
+        self.handoff = handoff
+        self.spool = spool
+        self.camera = camera
+        self.rate_index = rate_index
+        self.metrics = metrics
+        self.stop = stop
+        self.encoded = 0
+
+    def run(self) -> None:
+        while True:
+            frame = self.handoff.get(timeout=0.1)
+            if frame is None:
+                if self.handoff.finished or (self.stop.is_set() and len(self.handoff) == 0):
+                    return
+                continue
+            self.encode(frame)
+
+    def encode(self, frame: Frame) -> bool:
+        """Code one frame and spool it; False when it was dropped (codec refused it, or no spool room)."""
+        sequence = self.spool.next_sequence()
+        started = time.perf_counter()
+        try:
+            view = self.model.compress_view(frame.image, self.rate_index, camera_id=self.camera, sequence=sequence,
+                                            capture_ns=frame.capture_ns)
+            data = pack(view)
+        except MVICError as exc:
+            self.metrics.dropped("encode_error")
+            log.error("frame %d (sequence %d) could not be coded and is dropped: %s", frame.index, sequence, exc)
+            return False
+        elapsed = time.perf_counter() - started
+        self.metrics.encode_seconds.observe(elapsed)
+        if not self.spool.put(sequence, frame.capture_ns, data, self.stop):
+            return False
+        self.encoded += 1
+        self.metrics.frames_encoded.inc()
+        log.debug("frame %d -> sequence %d, %d bytes in %.3f s", frame.index, sequence, len(data), elapsed)
+        return True

@@ -1,0 +1,63 @@
+"""Node configuration: YAML + flags, errors that name the key path, --validate-config."""
+
+from __future__ import annotations
+
+import pytest
+
+from mvic.node.cli import build_parser, config_from_args, main, parse_bytes
+from mvic.node.config import ConfigError, NodeConfig, load_config
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "node.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_flags_combine(tmp_path):
+    path = write(tmp_path, "camera: C2\nsource:\n  fps: 10\n  synthetic: {height: 64, width: 96}\nencode: {rate: 1}\n")
+    args = build_parser().parse_args(["--config", str(path), "--rate", "3", "--spool-max-bytes", "1M",
+                                      "--policy", "every"])
+    config = config_from_args(args)
+    assert isinstance(config, NodeConfig)
+    assert config.camera == "C2" and config.source.fps == 10.0 and config.source.synthetic.height == 64
+    assert config.encode.rate == 3 and config.encode.policy == "every"  # the flag wins over the file
+    assert config.spool.max_bytes == 1 << 20
+
+
+@pytest.mark.parametrize("text, key", [
+    ("camera: C1\nsource: {fsp: 5}\n", "source.fsp"),
+    ("camera: C1\nsource: {synthetic: {seeds: 1}}\n", "source.synthetic.seeds"),
+    ("camera: C1\nspool: {when_full: explode}\n", "spool.when_full"),
+    ("camera: C1\nencode: {rate: fast}\n", "encode.rate"),
+    ("camera: C1\nsource: {loop: 'yes'}\n", "source.loop"),
+    ("camera: C1\nlink: {backoff_initial_s: 5, backoff_max_s: 1}\n", "link.backoff_max_s"),
+    ("camera: C1\nserver: nohostport\n", "server"),
+    ("camera: C1\nbogus: 1\n", "bogus"),
+    ("source: {fps: 5}\n", "camera"),
+    ("camera: C1\nmetrics: 9100\n", "metrics"),
+])
+def test_errors_name_the_key_path(tmp_path, text, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert str(info.value).startswith(f"{key}:") or str(info.value).startswith(f"{key} "), str(info.value)
+
+
+def test_validate_config_ok_and_bad(tmp_path, tiny_weights, capsys):
+    good = write(tmp_path, "camera: C1\nsource: {synthetic: {height: 64, width: 64}}\n")
+    assert main(["--config", str(good), "--weights", str(tiny_weights["test-tiny-fast"]), "--validate-config"]) == 0
+    out = capsys.readouterr().out
+    assert "camera: C1" in out and "height: 64" in out
+    assert main(["--config", str(good), "--weights", str(tmp_path / "missing.safetensors"),
+                 "--validate-config"]) == 2
+    assert "encode.weights" in capsys.readouterr().err
+    assert main(["--camera", "lobby", "--weights", str(tiny_weights["test-tiny-fast"]), "--validate-config"]) == 2
+    assert "source.uri" in capsys.readouterr().err  # 'lobby' has no synthetic view: --source is needed
+    assert main(["--camera", "C1", "--source", str(tmp_path / "nothing"), "--validate-config"]) == 2
+
+
+def test_parse_bytes():
+    assert parse_bytes("1024") == 1024
+    assert parse_bytes("256M") == 256 << 20
+    assert parse_bytes("1GiB") == 1 << 30
+    assert parse_bytes("4k") == 4096

@@ -1,0 +1,151 @@
+"""The on-disk spool: durable, bounded in bytes, ordered, resumable across restarts."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from mvic.node.metrics import NodeMetrics
+from mvic.node.spool import Spool, SpoolError
+from mvic.shared.bitstream import ViewBitstream, ViewHeader, pack
+
+HASH = bytes(range(8))
+
+
+def packet(seq: int, size: int = 1000, camera: str = "C1", model_id: int = 0xF001, weights_hash: bytes = HASH) -> bytes:
+    header = ViewHeader(model_id, weights_hash, 2, camera, seq, 1_000_000 + seq, 64, 64, 0, 0, 0)
+    return pack(ViewBitstream(header, (bytes([seq % 256]) * size,)))
+
+
+def open_spool(tmp_path, max_bytes=1 << 20, when_full="drop-oldest", keep=None, metrics=None) -> Spool:
+    spool = Spool(tmp_path / "spool", "C1", max_bytes, when_full, metrics or NodeMetrics("C1"), keep=keep)
+    spool.open()
+    return spool
+
+
+def fill(spool: Spool, n: int, size: int = 1000) -> list[int]:
+    seqs = []
+    for _ in range(n):
+        seq = spool.next_sequence()
+        assert spool.put(seq, 1_000_000 + seq, packet(seq, size), threading.Event())
+        seqs.append(seq)
+    return seqs
+
+
+def test_sequences_start_at_one_and_packets_are_read_back(tmp_path):
+    spool = open_spool(tmp_path)
+    assert fill(spool, 3) == [1, 2, 3]
+    assert spool.wait_after(0, 0).sequence == 1 and spool.wait_after(2, 0).sequence == 3
+    assert spool.wait_after(3, 0.01) is None
+    assert spool.read(2) == packet(2)
+    assert spool.count_through(2) == 2
+
+
+def test_cumulative_ack_and_reject_delete_files(tmp_path):
+    metrics = NodeMetrics("C1")
+    spool = open_spool(tmp_path, metrics=metrics)
+    fill(spool, 5)
+    removed = spool.ack(2)
+    assert [p.sequence for p in removed] == [1, 2]
+    assert spool.discard(4, "rejected").sequence == 4
+    assert spool.sequences() == [3, 5]
+    assert sorted(p.name.split("-")[0].lstrip("0") for p in spool.folder.glob("*.mvic")) == ["3", "5"]
+    assert metrics.dropped_count("rejected") == 1
+    assert metrics.value("mvic_node_spool_packets") == 2
+
+
+def test_survives_restart_and_numbering_continues(tmp_path):
+    spool = open_spool(tmp_path)
+    fill(spool, 4)
+    spool.ack(2)
+    spool.close()
+    (spool.folder / "00000000000000000009-1.mvic.part").write_bytes(b"half")  # a write cut by a crash
+    again = open_spool(tmp_path)
+    assert again.sequences() == [3, 4]
+    assert again.read(3) == packet(3)
+    assert not list(again.folder.glob("*.part"))
+    assert again.next_sequence() == 5
+    # every packet acked and deleted: the numbering still never goes back
+    again.ack(4)
+    again.close()
+    third = open_spool(tmp_path)
+    assert third.pending == 0 and third.next_sequence() == 6
+
+
+def test_numbering_continues_after_a_crash_without_close(tmp_path):
+    spool = open_spool(tmp_path)
+    fill(spool, 3)
+    spool.ack(3)  # state.json is written before the highest packet file is deleted
+    # no close(): simulate a crash by releasing the lock only
+    import os
+    os.close(spool._lock_fd)
+    again = open_spool(tmp_path)
+    assert again.next_sequence() == 4
+
+
+def test_bounded_drop_oldest_counts_and_keeps_newest(tmp_path):
+    metrics = NodeMetrics("C1")
+    size = len(packet(1, 10_000))
+    spool = open_spool(tmp_path, max_bytes=3 * size, metrics=metrics)
+    fill(spool, 5, 10_000)
+    assert spool.sequences() == [3, 4, 5]
+    assert spool.bytes <= 3 * size
+    assert metrics.dropped_count("spool_full") == 2
+
+
+def test_bounded_block_waits_for_acks(tmp_path):
+    size = len(packet(1, 10_000))
+    spool = open_spool(tmp_path, max_bytes=2 * size, when_full="block")
+    fill(spool, 2, 10_000)
+    seq = spool.next_sequence()
+    done = threading.Event()
+    threading.Thread(target=lambda: (spool.put(seq, 0, packet(seq, 10_000), threading.Event()), done.set())).start()
+    assert not done.wait(0.3)  # full: the encoder (and then capture) waits
+    spool.ack(1)
+    assert done.wait(2)
+    assert spool.sequences() == [2, 3]
+
+
+def test_block_drops_the_new_packet_when_stopping(tmp_path):
+    metrics = NodeMetrics("C1")
+    size = len(packet(1, 10_000))
+    spool = open_spool(tmp_path, max_bytes=size, when_full="block", metrics=metrics)
+    fill(spool, 1, 10_000)
+    stop = threading.Event()
+    stop.set()
+    assert not spool.put(2, 0, packet(2, 10_000), stop)
+    assert spool.sequences() == [1] and metrics.dropped_count("spool_full") == 1
+
+
+def test_restart_drops_corrupt_and_stale_model_packets(tmp_path):
+    metrics = NodeMetrics("C1")
+    spool = open_spool(tmp_path)
+    fill(spool, 3)
+    spool.close()
+    path = next(spool.folder.glob("00000000000000000002-*.mvic"))
+    path.write_bytes(path.read_bytes()[:-3] + b"xyz")  # damaged on disk
+    other = packet(4, model_id=0xF002)
+    (spool.folder / "00000000000000000004-1000004.mvic").write_bytes(other)
+
+    def keep(header):
+        return None if header.model_id == 0xF001 else "other model"
+
+    again = open_spool(tmp_path, keep=keep, metrics=metrics)
+    assert again.sequences() == [1, 3]
+    assert metrics.dropped_count("corrupt") == 1 and metrics.dropped_count("stale_model") == 1
+    assert again.next_sequence() == 5  # numbers of deleted packets are not reused
+
+
+def test_server_welcome_ahead_of_the_node_moves_numbering(tmp_path):
+    spool = open_spool(tmp_path)
+    fill(spool, 2)
+    removed = spool.server_acked(10)
+    assert [p.sequence for p in removed] == [1, 2]
+    assert spool.next_sequence() == 11
+
+
+def test_second_node_on_the_same_spool_is_refused(tmp_path):
+    open_spool(tmp_path)
+    with pytest.raises(SpoolError, match="locked"):
+        open_spool(tmp_path)
