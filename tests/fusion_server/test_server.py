@@ -1,0 +1,244 @@
+"""The fusion server over a real loopback gRPC server, tiny model on CPU, with the minimal test client."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+
+import grpc
+import pytest
+
+from mvic.fusion_server.acks import JOURNAL_NAME
+from mvic.fusion_server.sinks import FrameSinks
+from mvic.shared.rpc import mvic_pb2 as pb
+from tests.fusion_server.conftest import CAMERAS
+from tests.fusion_server.harness import MiniNode, ServerThread, server_config
+
+
+@pytest.fixture
+def server(tmp_path, weights):
+    srv = ServerThread(server_config(tmp_path / "out", weights)).start()
+    yield srv
+    srv.stop()
+
+
+def _metric(srv: ServerThread, name: str, **labels) -> float:
+    return srv.app.registry.get_sample_value(name, labels) or 0.0
+
+
+def _pngs(out, camera) -> list[str]:
+    return sorted(p.name for p in (out / camera).glob("*.png"))
+
+
+def test_three_cameras_every_frame_written_once_and_acked_after_write(server, encoder, views, tmp_path):
+    out = tmp_path / "out"
+    nodes = {cam: MiniNode(server.port, cam, encoder) for cam in CAMERAS}
+    for node in nodes.values():
+        welcome = node.welcome()
+        assert (welcome.acked_sequence, welcome.has_acked, welcome.max_packet_bytes) == (0, False, 4096)
+    for i in range(6):
+        for cam, node in nodes.items():
+            node.send(*_packet(views[cam][i]))
+    for cam, node in nodes.items():
+        assert node.wait_acked(6), f"{cam} acked only {node.acked}"
+        assert _pngs(out, cam) == [f"{s:010d}.png" for s in range(1, 7)]
+        assert not node.packet_errors
+    journal = json.loads((out / JOURNAL_NAME).read_text())
+    assert journal["cameras"] == {cam: 6 for cam in CAMERAS}
+    for cam in CAMERAS:
+        assert _metric(server, "mvic_server_frames_written_total", camera=cam) == 6
+    assert _metric(server, "mvic_server_groups_decoded_total", outcome="complete") == 6  # joint groups of 3
+    for node in nodes.values():
+        node.close()
+
+
+def test_ack_never_precedes_the_written_file(tmp_path, weights, encoder, views):
+    out = tmp_path / "out"
+    srv = ServerThread(server_config(out, weights)).start()
+    try:
+        node = MiniNode(srv.port, "C1", encoder)
+        node.welcome()
+        seen = []
+        for i in range(6):
+            node.send(*_packet(views["C1"][i]))
+        deadline = time.time() + 20
+        while node.acked < 6 and time.time() < deadline:
+            msg = node.messages.get(timeout=20)
+            if msg.HasField("ack"):
+                acked = msg.ack.acked_sequence
+                seen.append(acked)
+                assert all((out / "C1" / f"{s:010d}.png").is_file() for s in range(1, acked + 1))
+                assert json.loads((out / JOURNAL_NAME).read_text())["cameras"]["C1"] >= acked
+        assert seen and seen[-1] == 6
+        node.close()
+    finally:
+        srv.stop()
+
+
+def test_failed_write_is_not_acked(tmp_path, weights, encoder, views, monkeypatch):
+    def broken(self, frames):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(FrameSinks, "write", broken)
+    srv = ServerThread(server_config(tmp_path / "out", weights)).start()
+    try:
+        node = MiniNode(srv.port, "C1", encoder)
+        node.welcome()
+        node.send(*_packet(views["C1"][0]))
+        assert not node.wait_acked(1, timeout=1.5)
+        assert _metric(srv, "mvic_server_sink_errors_total") == 1
+        node.close()
+    finally:
+        srv.stop()
+
+
+def test_malformed_and_oversized_packets_are_rejected_alone(server, encoder, views, tmp_path):
+    c1, c2 = MiniNode(server.port, "C1", encoder), MiniNode(server.port, "C2", encoder)
+    c1.welcome(), c2.welcome()
+    seq1, cap1, bits1 = views["C1"][0]
+    damaged = bits1[:40] + bytes([bits1[40] ^ 0xFF]) + bits1[41:]
+    c1.send(1, damaged, cap1)  # CRC mismatch
+    c1.send(2, b"not an mvic packet at all", views["C1"][1][1])
+    c1.send(3, b"\0" * 5000, views["C1"][2][1])  # over max_packet_bytes (4096)
+    c1.send(*_packet(views["C1"][3]))
+    for i in range(4):
+        c2.send(*_packet(views["C2"][i]))
+    errors = c1.wait_errors(3)
+    assert [(e.sequence, e.code) for e in errors] == [
+        (1, pb.ERROR_CODE_MALFORMED), (2, pb.ERROR_CODE_MALFORMED), (3, pb.ERROR_CODE_TOO_LARGE)]
+    assert "resend" in errors[0].message and "max_packet_bytes" in errors[2].message
+    assert c1.wait_acked(4) and c2.wait_acked(4), (c1.acked, c2.acked)  # the ack passes rejected packets
+    assert _pngs(tmp_path / "out", "C1") == ["0000000004.png"]
+    assert len(_pngs(tmp_path / "out", "C2")) == 4
+    assert c1.error is None and c2.error is None  # both streams go on
+    assert _metric(server, "mvic_server_packets_rejected_total", camera="C1", reason="malformed") == 2
+    assert _metric(server, "mvic_server_packets_rejected_total", camera="C1", reason="too_large") == 1
+    c1.close(), c2.close()
+
+
+def test_header_disagreeing_with_packet_is_malformed(server, encoder, views):
+    c1 = MiniNode(server.port, "C1", encoder)
+    c1.welcome()
+    _, cap, bits = views["C2"][0]  # C2's bitstream on C1's stream
+    c1.send(1, bits, cap)
+    (err,) = c1.wait_errors(1)
+    assert err.code == pb.ERROR_CODE_MALFORMED and "camera id" in err.message
+    c1.close()
+
+
+def test_message_over_grpc_limit_ends_stream_with_resource_exhausted(server, encoder):
+    node = MiniNode(server.port, "C1", encoder)
+    node.welcome()
+    node.send(1, b"\0" * (200 << 10), 0)  # over max_packet_bytes + framing overhead
+    assert node.refused().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    node.close()
+
+
+@pytest.mark.parametrize("change, code, words", [
+    ({"model_id": 0xF002}, grpc.StatusCode.FAILED_PRECONDITION, "--model test-tiny-fast"),
+    ({"weights_hash": b"\1" * 8}, grpc.StatusCode.FAILED_PRECONDITION, "same weights"),
+    ({"format_version": 9}, grpc.StatusCode.FAILED_PRECONDITION, "upgrade MVIC on the server"),
+    ({"metadata_camera": "C9"}, grpc.StatusCode.INVALID_ARGUMENT, "mvic-camera"),
+    ({"first": pb.NodeMessage(packet=pb.ViewPacket(sequence=1))}, grpc.StatusCode.INVALID_ARGUMENT, "Hello"),
+])
+def test_handshake_refusals(server, encoder, change, code, words):
+    node = MiniNode(server.port, "C1", encoder, **change)
+    err = node.refused()
+    assert err.code() == code and words in err.details(), err.details()
+    node.close()
+
+
+def test_unknown_camera_is_permission_denied(tmp_path, weights, encoder):
+    srv = ServerThread(server_config(tmp_path / "out", weights, cameras=("C1", "C2"))).start()
+    try:
+        node = MiniNode(srv.port, "C7", encoder)
+        err = node.refused()
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "C7" in err.details()
+        node.close()
+        ok = MiniNode(srv.port, "C2", encoder)
+        ok.welcome()
+        ok.close()
+    finally:
+        srv.stop()
+
+
+def test_missing_camera_groups_decode_after_timeout(server, encoder, views, tmp_path):
+    c1, c2 = MiniNode(server.port, "C1", encoder), MiniNode(server.port, "C2", encoder)
+    c1.welcome(), c2.welcome()  # C2 connected but silent
+    start = time.monotonic()
+    c1.send(*_packet(views["C1"][0]))
+    assert c1.wait_acked(1)
+    assert time.monotonic() - start >= 0.25  # waited for C2 (max_wait 300 ms)
+    assert _metric(server, "mvic_server_groups_decoded_total", outcome="partial") == 1
+    assert _pngs(tmp_path / "out", "C1") == ["0000000001.png"]
+    c1.close(), c2.close()
+
+
+def test_restart_resumes_from_journal_without_duplicates(tmp_path, weights, encoder, views):
+    out = tmp_path / "out"
+    srv = ServerThread(server_config(out, weights)).start()
+    node = MiniNode(srv.port, "C1", encoder)
+    node.welcome()
+    for i in range(3):
+        node.send(*_packet(views["C1"][i]))
+    assert node.wait_acked(3)
+    srv.stop()  # drains, then ends the stream with UNAVAILABLE so the node reconnects
+    assert node.refused().code() == grpc.StatusCode.UNAVAILABLE
+    node.close()
+
+    srv = ServerThread(server_config(out, weights)).start()
+    try:
+        node = MiniNode(srv.port, "C1", encoder)
+        welcome = node.welcome()
+        assert (welcome.acked_sequence, welcome.has_acked) == (3, True)
+        for i in range(1, 6):  # resends 2 and 3, as a node that missed the last acks would
+            node.send(*_packet(views["C1"][i]))
+        assert node.wait_acked(6)
+        assert _metric(srv, "mvic_server_frames_written_total", camera="C1") == 3  # only 4, 5, 6 decoded
+        assert _metric(srv, "mvic_server_duplicates_dropped_total", camera="C1") == 2
+        assert _pngs(out, "C1") == [f"{s:010d}.png" for s in range(1, 7)]
+        assert not node.packet_errors
+        node.close()
+    finally:
+        srv.stop()
+
+
+def test_shutdown_drains_open_groups_before_closing(tmp_path, weights, encoder, views):
+    config = server_config(tmp_path / "out", weights)
+    srv = ServerThread(replace(config, grouping=replace(config.grouping, max_wait_ms=30_000))).start()
+    c1, c2 = MiniNode(srv.port, "C1", encoder), MiniNode(srv.port, "C2", encoder)
+    c1.welcome(), c2.welcome()
+    c1.send(*_packet(views["C1"][0]))  # waits for C2 for 30 s ...
+    time.sleep(0.3)
+    assert c1.acked == 0
+    srv.stop()  # ... unless the server drains
+    assert c1.acked == 1
+    assert c1.refused().code() == grpc.StatusCode.UNAVAILABLE
+    c1.close(), c2.close()
+
+
+def test_reconnect_replaces_the_old_stream(server, encoder, views):
+    old = MiniNode(server.port, "C1", encoder)
+    old.welcome()
+    new = MiniNode(server.port, "C1", encoder)
+    new.welcome()
+    assert old.refused().code() == grpc.StatusCode.ABORTED
+    new.send(*_packet(views["C1"][0]))
+    assert new.wait_acked(1)
+    old.close(), new.close()
+
+
+def test_half_close_ends_stream_after_last_ack(server, encoder, views):
+    node = MiniNode(server.port, "C1", encoder)
+    node.welcome()
+    for i in range(2):
+        node.send(*_packet(views["C1"][i]))
+    node.half_close()
+    assert node.wait_end()
+    assert node.acked == 2 and node.error is None
+
+
+def _packet(item):
+    seq, capture_ns, bits = item
+    return seq, bits, capture_ns
