@@ -47,6 +47,7 @@ from mvic.shared.training.data import (
     SyntheticGroups,
 )
 from mvic.shared.training.datasets import Cityscapes, InStereo2K, WildTrackFrames, WildTrackSubsets
+from mvic.shared.training.photo_views import PhotoWarpGroups
 
 
 def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.Tensor, metric: str):
@@ -79,9 +80,9 @@ def make_source(d: DataConfig, seed: int) -> GroupSource:
             return ConcatGroups([FolderGroups(r) for r in roots])
         return FolderGroups(d.root)
     if d.kind == "photos":
-        from mvic.shared.training.corpus import PhotoWarpGroups
-
-        return PhotoWarpGroups(d.root, split=d.split, cameras=d.cameras, height=d.height, width=d.width, seed=seed)
+        # many distinct warps per photo: a group is a pure function of (seed, index), so variety is in the index
+        return PhotoWarpGroups(d.root, split=d.split, cameras=d.cameras, size=d.height, seed=seed,
+                               groups_per_photo=1000)
     if d.kind == "wildtrack-subsets":
         return WildTrackSubsets(d.root)
     kinds = {"wildtrack": WildTrackFrames, "instereo2k": InStereo2K, "cityscapes": Cityscapes}
