@@ -1,0 +1,104 @@
+"""Grouper: capture-time tolerance, timeout with a missing camera, duplicates, bounded open groups."""
+
+from __future__ import annotations
+
+import pytest
+
+from mvic.fusion_server.grouper import DuplicateViewError, Grouper
+from mvic.fusion_server.records import ReceivedView
+
+MS = 1_000_000
+
+
+def view(camera: str, sequence: int, capture_ms: float) -> ReceivedView:
+    return ReceivedView(camera, "", sequence, int(capture_ms * MS), 0, 100, None)  # type: ignore[arg-type]
+
+
+def grouper(expected=("A", "B", "C"), tolerance_ms=20, wait_s=0.5, max_open=64) -> Grouper:
+    g = Grouper("", tolerance_ms * MS, wait_s, max_open)
+    assert g.set_expected(set(expected), 0.0) == []
+    return g
+
+
+def test_views_within_tolerance_form_one_group_emitted_when_complete():
+    g = grouper()
+    assert g.add(view("A", 1, 1000), 0.0) == []
+    assert g.add(view("B", 7, 1012), 0.01) == []  # another clock, another frame index: matched by time only
+    (group,) = g.add(view("C", 3, 989), 0.02)
+    assert group.cameras == ("A", "B", "C") and group.complete and group.anchor_ns == 1000 * MS
+    assert g.open_groups == 0
+
+
+def test_views_outside_tolerance_open_separate_groups():
+    g = grouper()
+    g.add(view("A", 1, 1000), 0.0)
+    assert g.add(view("B", 1, 1030), 0.0) == []  # 30 ms > 20 ms
+    assert g.open_groups == 2
+
+
+def test_nearest_group_wins():
+    g = grouper(expected=("A", "B", "C", "D"), tolerance_ms=60)
+    g.add(view("A", 1, 1000), 0.0)
+    g.add(view("A", 2, 1100), 0.0)
+    g.add(view("B", 1, 1090), 0.0)  # within 60 ms of 1100 only
+    assert g.add(view("C", 1, 1040), 0.0) == []  # 40 ms from 1000, 60 from 1100: joins the first
+    (first,) = g.expire(1.0)[:1]
+    assert first.cameras == ("A", "C")
+
+
+def test_missing_camera_group_decodes_after_max_wait_with_views_present():
+    g = grouper()
+    g.add(view("A", 1, 1000), 10.0)
+    g.add(view("B", 1, 1005), 10.1)
+    assert g.expire(10.4) == []
+    assert g.next_deadline() == pytest.approx(10.5)
+    (group,) = g.expire(10.5)
+    assert group.cameras == ("A", "B") and not group.complete
+
+
+def test_camera_that_moved_past_a_timestamp_does_not_make_it_wait():
+    g = grouper(expected=("A", "B"))
+    g.add(view("A", 1, 1000), 0.0)
+    g.add(view("B", 1, 1005), 0.0)  # complete -> emitted
+    g.add(view("A", 2, 1100), 0.0)  # B skips this frame (latest-frame-only policy) ...
+    ready = g.add(view("B", 2, 1200), 0.01)  # ... and its next view is later than the window
+    assert [grp.cameras for grp in ready] == [("A",)]
+
+
+def test_duplicates_are_refused_by_camera_and_sequence():
+    g = grouper()
+    g.add(view("A", 5, 1000), 0.0)
+    with pytest.raises(DuplicateViewError):
+        g.add(view("A", 5, 1000), 0.0)
+    with pytest.raises(DuplicateViewError):
+        g.add(view("A", 4, 900), 0.0)  # older than one already taken
+    assert g.stats.duplicates == 2
+    g.add(view("B", 5, 1000), 0.0)  # same sequence, other camera: fine
+
+
+def test_same_camera_twice_in_the_window_opens_a_new_group():
+    g = grouper(expected=("A", "B"), tolerance_ms=50)
+    g.add(view("A", 1, 1000), 0.0)
+    g.add(view("A", 2, 1010), 0.0)  # a fast camera: never two views of one camera in a group
+    assert g.open_groups == 2
+
+
+def test_open_groups_are_bounded_oldest_first():
+    g = grouper(expected=("A", "B"), max_open=2)
+    g.add(view("A", 1, 1000), 0.0)
+    g.add(view("A", 2, 1100), 0.0)
+    (forced,) = g.add(view("A", 3, 1200), 0.0)
+    assert forced.anchor_ns == 1000 * MS and g.stats.forced == 1 and g.open_groups == 2
+
+
+def test_disconnect_completes_waiting_groups_and_flush_empties():
+    g = grouper(expected=("A", "B"))
+    g.add(view("A", 1, 1000), 0.0)
+    g.add(view("A", 2, 1100), 0.0)
+    ready = g.set_expected({"A"}, 0.1)  # B went away: nothing more to wait for
+    assert [grp.anchor_ns for grp in ready] == [1000 * MS, 1100 * MS] and all(grp.complete for grp in ready)
+    g.add(view("A", 3, 1200), 0.2)
+    assert g.open_groups == 0
+    g.set_expected({"A", "B"}, 0.3)
+    g.add(view("A", 4, 1300), 0.3)
+    assert [grp.cameras for grp in g.flush(0.4)] == [("A",)] and g.open_groups == 0
