@@ -388,7 +388,7 @@ def build(out: Path, sources: list[Source], settings: Settings, cache: Path, log
     kept, duplicates = dedupe([e for r in records.values() for e in r["photos"]])
     missing = {e["source"] for e in kept if not (out / e["file"]).is_file()}  # a twin's source was dropped
     for name in missing:
-        source = SOURCES_BY_NAME.get(name) or next(s for s in sources if s.name == name)
+        source = next(s for s in sources if s.name == name)
         records[name]["photos"], _ = process(source, fetch(source, cache), settings, photos)
     if missing:
         kept, duplicates = dedupe([e for r in records.values() for e in r["photos"]])
