@@ -92,7 +92,8 @@ class Capture:
         self.finished_naturally = False  # the source ended or the frame count was reached (not a stop request)
         self._reader: _Reader | None = None
         self._opened = False
-        self._failures = 0
+        self._failures = 0  # since start, for the logs
+        self._streak = 0  # failures since the last good read
         self._backoff = config.reopen_backoff_s
         self._next_live_ns = 0
 
@@ -137,18 +138,26 @@ class Capture:
                 self.finished_naturally = True
                 return
             self._backoff = cfg.reopen_backoff_s
+            self._streak = 0
             if self.source.live:
                 due_ns = self.clock()
-                if cfg.fps and due_ns < self._next_live_ns:
+                if cfg.fps and not self._live_tick(due_ns):
                     self.metrics.dropped("rate_limit")
                     continue
-                if cfg.fps:
-                    period = round(1e9 / cfg.fps)
-                    self._next_live_ns = max(self._next_live_ns + period, due_ns - period // 2)
             frame = Frame(self.captured, due_ns, image)
             self.captured += 1
             self.metrics.frames_captured.inc()
             self.handoff.put(frame, self.stop)
+
+    def _live_tick(self, now_ns: int) -> bool:
+        """Rate limit for live sources: True when a frame grabbed now is due. Ticks stay on a grid of 1/fps (a
+        quarter period early still counts, for camera jitter) and restart from now after a gap."""
+        period = round(1e9 / self.config.fps)
+        if now_ns < self._next_live_ns - period // 4:
+            return False
+        behind = not self._next_live_ns or now_ns - self._next_live_ns >= period
+        self._next_live_ns = now_ns + period if behind else self._next_live_ns + period
+        return True
 
     def _wait_until_due(self) -> int | None:
         """Sleep until frame ``captured`` is due (finite sources); its capture time, or None when stopped."""
@@ -174,9 +183,9 @@ class Capture:
         except Exception as exc:
             self._failed("open_failed", exc)
             return False
-        if self._failures:
+        if self._streak:
             self.metrics.source_reopens.inc()
-            log.info("%s reopened after %d failure(s)", self.source.name, self._failures)
+            log.info("%s reopened after %d failure(s) in a row", self.source.name, self._streak)
         self._opened = True
         return True
 
@@ -191,6 +200,7 @@ class Capture:
 
     def _failed(self, reason: str, exc: BaseException) -> None:
         self._failures += 1
+        self._streak += 1
         self.metrics.source_failure(reason)
         if reason == "hung":
             # The stuck call still owns the source: leave its thread, which closes the source if it ever returns.
@@ -199,7 +209,7 @@ class Capture:
             self._opened = False
         else:
             self._close()
-        log.warning("%s %s (%s: %s); failure %d, reopening in %.1f s", self.source.name,
+        log.warning("%s %s (%s: %s); failure %d since start, reopening in %.3g s", self.source.name,
                     {"hung": "hung", "error": "failed", "eof": "ended", "open_failed": "could not be opened"}[reason],
                     type(exc).__name__, exc, self._failures, self._backoff)
         self.stop.wait(self._backoff)

@@ -154,7 +154,7 @@ class Link:
                     attempt += 1
                     self.metrics.set_connection("disconnected")
                     what = "stream ended" if st.welcomed.is_set() else "cannot connect"
-                    log.warning("%s to %s (%s: %s); %d packet(s) spooled; retrying in %.1f s", what, self.target,
+                    log.warning("%s to %s (%s: %s); %d packet(s) spooled; retrying in %.3g s", what, self.target,
                                 st.code.name if st.code else "?", st.details or "-", self.spool.pending, delay)
                 self.stop.wait(delay)
         finally:

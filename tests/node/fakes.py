@@ -2,13 +2,13 @@
 
 The fake server speaks mvic.v1 through the generated stubs only (never mvic.fusion_server): it answers a Hello with a
 Welcome carrying the highest sequence it "stored" for the camera, stores each ViewPacket, acks it cumulatively, and
-can be told to refuse cameras, reject given sequences, or hold its acks. Its ``Store`` outlives a server restart,
+can be told to refuse cameras, reject given sequences, or lose packets (ack=False: they arrive but are never
+stored or acked, as when a server dies before writing them). Its ``Store`` outlives a server restart,
 like a server's output folder does.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -65,17 +65,16 @@ class Store:
     metadata: list[dict[str, str]] = field(default_factory=list)
 
     def acked(self, camera: str) -> int:
-        return max(self.packets.get(camera, {0: None}))
+        return max(self.packets.get(camera) or {0: None})
 
 
 class FakeFusion(FusionServicer):
     def __init__(self, store: Store, *, refuse: tuple[grpc.StatusCode, str] | None = None,
-                 reject: set[int] = frozenset(), hold_acks: threading.Event | None = None,
-                 max_packet_bytes: int = 1 << 20, expect_model: tuple[int, bytes] | None = None):
+                 reject: set[int] = frozenset(), ack: bool = True, max_packet_bytes: int = 1 << 20, expect_model: tuple[int, bytes] | None = None):
         self.store = store
         self.refuse = refuse
         self.reject = set(reject)
-        self.hold_acks = hold_acks  # while set, packets are stored but not acked
+        self.ack = ack
         self.max_packet_bytes = max_packet_bytes
         self.expect_model = expect_model
 
@@ -96,6 +95,8 @@ class FakeFusion(FusionServicer):
         for message in request_iterator:
             packet = message.packet
             self.store.received.append((cam, packet.sequence))
+            if not self.ack:
+                continue
             if packet.sequence in self.reject:
                 yield pb.ServerMessage(error=pb.PacketError(sequence=packet.sequence, code=pb.ERROR_CODE_MALFORMED,
                                                             message="bad packet (test)"))
@@ -105,8 +106,6 @@ class FakeFusion(FusionServicer):
                                                             code=pb.ERROR_CODE_OUT_OF_ORDER, message="duplicate"))
                 continue
             stored[packet.sequence] = packet
-            while self.hold_acks is not None and self.hold_acks.is_set() and context.is_active():
-                time.sleep(0.01)
             yield pb.ServerMessage(ack=pb.Ack(acked_sequence=packet.sequence))
 
 
