@@ -47,7 +47,7 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
         yield pb.ServerMessage(welcome=pb.Welcome(
             acked_sequence=welcome.acked_sequence, has_acked=welcome.has_acked,
             max_packet_bytes=welcome.max_packet_bytes, server_version=welcome.server_version))
-        reader = asyncio.create_task(self._read(request_iterator, session), name=f"mvic-read-{session.camera}")
+        reader = asyncio.create_task(self._read(request_iterator, session, context), name=f"mvic-read-{session.camera}")
         try:
             while True:
                 event = await session.next_event()
@@ -66,7 +66,7 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
             await asyncio.gather(reader, return_exceptions=True)
             await self._core.disconnect(session)
 
-    async def _read(self, request_iterator, session: Session) -> None:
+    async def _read(self, request_iterator, session: Session, context) -> None:
         try:
             async for message in request_iterator:
                 if message.WhichOneof("kind") != "packet":
@@ -78,11 +78,14 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
             await self._core.end_of_input(session)
         except asyncio.CancelledError:
             raise
-        except grpc.aio.AioRpcError as exc:  # the client went away mid-read
-            log.info("stream of camera %s ended: %s", session.camera, exc.code())
-            session.close("stream broken")
-        except Exception as exc:  # a bug must end this stream only, never the server
-            log.exception("stream of camera %s failed", session.camera)
+        except Exception as exc:
+            if session.closed or context.done():  # the stream already ended (abort, shutdown, client gone)
+                return
+            if isinstance(exc, grpc.aio.AioRpcError):
+                log.info("stream of camera %s ended: %s", session.camera, exc.code())
+                session.close("stream broken")
+                return
+            log.exception("stream of camera %s failed", session.camera)  # a bug ends this stream, not the server
             session.close("internal error", ServerError(f"internal server error: {exc}"))
 
     @staticmethod
