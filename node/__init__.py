@@ -1,1 +1,14 @@
-"""MVIC camera node: capture -> encode (mvic.shared.codec) -> send. Never imports mvic.fusion_server."""
+"""MVIC camera node: capture -> encode (mvic.shared.codec) -> send. Never imports mvic.fusion_server.
+
+The data path, one module per hop, in the order a frame takes:
+
+    sources.py   where images come from (synthetic scene, video file, stream, webcam, image folder)
+    capture.py   schedule + timestamps, watchdog that reopens a hung or dead source
+    handoff.py   bounded capture -> encode queue, policy 'latest' or 'every', counted drops
+    encoder.py   CPU worker: compress_view + pack, sequence numbers
+    spool.py     durable, byte-bounded store of unacked packets; resume after restarts
+    link.py      one gRPC stream to the fusion server: handshake, resend, acks, reconnect with backoff
+
+``app.py`` starts them in order and stops them in reverse; ``cli.py`` is ``mvic-node``; ``config.py`` and
+``metrics.py`` hold the settings and the Prometheus series.
+"""

@@ -75,9 +75,10 @@ class NodeApp:
         configure_torch(cfg.encode.threads)
         if self.source is None:
             self.source = open_source(cfg.source, cfg.camera)
-        self.spool = Spool(cfg.spool.dir, cfg.camera, cfg.spool.max_bytes, cfg.spool.when_full, self.metrics,
-                           keep=compatibility_check(self.model))
-        self.spool.open()
+        spool = Spool(cfg.spool.dir, cfg.camera, cfg.spool.max_bytes, cfg.spool.when_full, self.metrics,
+                      keep=compatibility_check(self.model))
+        spool.open()  # may fail (locked by another node): then stop() must not touch it
+        self.spool = spool
         if cfg.metrics.port:
             self._metrics_server, _ = start_http_server(cfg.metrics.port, cfg.metrics.host, self.metrics.registry)
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, cfg.metrics.port)
@@ -123,13 +124,16 @@ class NodeApp:
                 return
 
     def _finish(self) -> None:
-        self._threads["encoder"].join()
-        deadline = time.monotonic() + self.config.link.finish_timeout_s
-        if self.spool.pending:
-            log.info("source finished; waiting up to %g s for %d packet(s) to be acknowledged",
-                     self.config.link.finish_timeout_s, self.spool.pending)
-        while self.spool.pending and time.monotonic() < deadline and not self.stop_event.wait(0.05):
-            pass
+        """The source ended: let the encoder code what is queued and the link deliver it, within finish_timeout_s."""
+        timeout = self.config.link.finish_timeout_s
+        deadline = time.monotonic() + timeout
+        log.info("source finished; waiting up to %g s for the last frames to be coded and acknowledged", timeout)
+        encoder = self._threads["encoder"]
+        while (encoder.is_alive() or self.spool.pending) and time.monotonic() < deadline:
+            if self.stop_event.wait(0.05):
+                return
+        if encoder.is_alive() or self.spool.pending:
+            log.warning("finish timeout (%g s): %d packet(s) not acknowledged", timeout, self.spool.pending)
 
     # -------------------------------------------------------------------------------------------- stop
     def stop(self) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -129,16 +131,29 @@ def _tiny_yaml(tmp_path) -> Path:
     return path
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_sigterm_stops_gracefully_and_flushes(tmp_path, weights):
     server = FakeServer().start()
+    config = _tiny_yaml(tmp_path)
+    config.write_text(config.read_text() + "metrics: {host: 127.0.0.1}\n")
+    port = _free_port()
     try:
         proc = subprocess.Popen(
             [sys.executable, "-W", "ignore", "-m", "mvic.node.cli", "--camera", "C3", "--server", server.target,
-             "--weights", str(weights), "--fps", "5", "--spool", str(tmp_path / "spool"), "--config",
-             str(_tiny_yaml(tmp_path))],
+             "--weights", str(weights), "--fps", "5", "--spool", str(tmp_path / "spool"), "--config", str(config),
+             "--metrics-port", str(port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         try:
             assert wait_for(lambda: len(server.store.packets.get("C3", {})) >= 2, timeout=60)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                exposition = response.read().decode()
+            assert 'mvic_node_connection_state{camera="C3",state="connected"} 1.0' in exposition
+            assert "mvic_node_packets_acked_total" in exposition
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
         finally:
