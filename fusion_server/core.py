@@ -268,8 +268,10 @@ class FusionCore:
             wait = min(deadlines) - time.monotonic() if deadlines else 0.1
             await asyncio.sleep(min(max(wait, 0.002), 0.1))
             now = time.monotonic()
-            for grouper in list(self._groupers.values()):
+            for group_id, grouper in list(self._groupers.items()):
                 await self._dispatch(grouper.expire(now))
+                if not grouper.open_groups and not self._connected(group_id):
+                    del self._groupers[group_id]  # camera groups come and go: keep only live ones
             self.metrics.open_groups.set(sum(g.open_groups for g in self._groupers.values()))
 
     # ------------------------------------------------------------------------------------ sink -> ack

@@ -10,11 +10,13 @@ import sys
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.fusion_server.harness import MiniNode
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: 10-20 s on a shared 2-core machine
 def test_sigterm_drains_and_exits_zero(tmp_path, weights, encoder, views):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
