@@ -36,6 +36,10 @@ class SourceHung(RuntimeError):
     """A source call did not return within its timeout."""
 
 
+class CaptureStopped(Exception):
+    """The node stopped while a source call was still running."""
+
+
 class _Reader:
     """One daemon thread that runs source calls; a caller waits for each with a timeout."""
 
@@ -56,12 +60,16 @@ class _Reader:
                 box.append((False, exc))
             done.set()
 
-    def call(self, fn: Callable[[], Any], timeout: float) -> Any:
+    def call(self, fn: Callable[[], Any], timeout: float, stop: threading.Event) -> Any:
         box: list = []
         done = threading.Event()
         self._jobs.put((fn, box, done))
-        if not done.wait(timeout):
-            raise SourceHung(f"call took longer than {timeout:g} s")
+        deadline = time.monotonic() + timeout
+        while not done.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if stop.is_set():
+                raise CaptureStopped()
+            if time.monotonic() >= deadline:
+                raise SourceHung(f"call took longer than {timeout:g} s")
         ok, value = box[0]
         if not ok:
             raise value
@@ -101,6 +109,8 @@ class Capture:
     def run(self) -> None:
         try:
             self._loop()
+        except CaptureStopped:
+            log.info("capture stopped during a source call")
         except Exception:
             log.exception("capture stopped by an unexpected error; the node will stop")
             raise
@@ -175,11 +185,13 @@ class Capture:
     def _call(self, fn: Callable[[], Any], timeout: float) -> Any:
         if self._reader is None:
             self._reader = _Reader(f"mvic-capture-reader-{self.metrics.camera}")
-        return self._reader.call(fn, timeout)
+        return self._reader.call(fn, timeout, self.stop)
 
     def _open(self) -> bool:
         try:
             self._call(self.source.open, self.config.open_timeout_s)
+        except CaptureStopped:
+            raise
         except Exception as exc:
             self._failed("open_failed", exc)
             return False
@@ -194,6 +206,8 @@ class Capture:
             return self._call(self.source.read, self.config.read_timeout_s)
         except SourceHung as exc:
             self._failed("hung", exc)
+        except CaptureStopped:
+            raise
         except Exception as exc:
             self._failed("error", exc)
         return _FAILED
@@ -221,8 +235,11 @@ class Capture:
         self._opened = False
         try:
             self._call(self.source.close, self.config.read_timeout_s)
-        except SourceHung:
-            log.warning("%s did not close within %g s; abandoning it", self.source.name, self.config.read_timeout_s)
+        except (SourceHung, CaptureStopped) as exc:
+            # the close stays queued on the reader thread and runs once the stuck call returns
+            if isinstance(exc, SourceHung):
+                log.warning("%s did not close within %g s; abandoning it", self.source.name,
+                            self.config.read_timeout_s)
             self._reader.abandon(lambda: None)
             self._reader = None
         except Exception as exc:

@@ -54,6 +54,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from mvic.shared.model_table import PAPER_LAMBDAS
+
 POLICIES = ("latest", "every")
 WHEN_FULL = ("drop-oldest", "block")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -118,7 +120,8 @@ class EncodeConfig:
     queue_frames: int = 4
 
     def __post_init__(self):
-        _require(0 <= self.rate <= 255, "encode.rate", f"must be a rate index 0..4, got {self.rate}")
+        top = len(PAPER_LAMBDAS) - 1
+        _require(0 <= self.rate <= top, "encode.rate", f"must be a rate index 0..{top}, got {self.rate}")
         _require(1 <= self.threads <= 256, "encode.threads", f"must be 1..256, got {self.threads}")
         _require(self.policy in POLICIES, "encode.policy", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         _require(1 <= self.queue_frames <= 1024, "encode.queue_frames", f"must be 1..1024, got {self.queue_frames}")

@@ -106,3 +106,18 @@ def test_live_source_rate_limit(policy):
                                            clock=clock)
     assert metrics.value("mvic_node_frames_captured_total") == 5
     assert metrics.dropped_count("rate_limit") >= 4  # about every other frame of a 20 fps source at --fps 10
+
+
+def test_stop_does_not_wait_for_a_hung_read():
+    metrics = NodeMetrics("C1")
+    handoff = FrameHandoff("latest", 1, metrics)
+    stop = threading.Event()
+    source = ScriptedSource(["hang"], hang_s=3.0)
+    config = SourceConfig(fps=0, read_timeout_s=10.0, open_timeout_s=1.0)
+    capture = Capture(source, handoff, config, metrics, stop, start_at_ns=0)
+    thread = threading.Thread(target=capture.run)
+    thread.start()
+    threading.Timer(0.3, stop.set).start()
+    thread.join(2)
+    assert not thread.is_alive()  # stopped within 2 s although the read hangs for 3 s and the timeout is 10 s
+    assert handoff.finished
