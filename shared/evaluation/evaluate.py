@@ -1,11 +1,13 @@
 """``mvic-eval``: rate-distortion of MVIC (joint and separate decoding) and classical codecs on the same groups.
 
     mvic-eval --weights W.safetensors --data synthetic --groups 4 -o results/eval
+    mvic-eval --weights W.safetensors --data stereo-photos --root evaldata --groups 100 -o results/real
     mvic-eval --weights W.safetensors --data wildtrack --root /data/wildtrack --split test -o results/wt
 
-bpp comes from real bytes (MVIC packets with their headers, whole JPEG/WebP files, raw HEVC streams) over all
-pixels of all views; PSNR is on 8-bit images, per view, averaged; MS-SSIM (pytorch-msssim, data_range 255) where
-every side is > 160 px. Joint vs separate: the same MVIC packets decoded as a group and one view at a time (K = 1).
+bpp comes from real bytes (MVIC packets with their headers, whole JPEG/WebP/JPEG XL files, raw HEVC/AV1/VVC
+streams) over all pixels of all views; PSNR is on 8-bit images, per view, averaged; MS-SSIM (pytorch-msssim,
+data_range 255) where every side is > 160 px. Joint vs separate: the same MVIC packets decoded as a group and one
+view at a time (K = 1). A baseline whose encoder this ffmpeg lacks is reported and skipped (results.json lists it).
 BD-rates (PCHIP) are against x265 intra 4:4:4. Writes results.json, results.csv and rd.png.
 """
 
@@ -26,17 +28,13 @@ from mvic.shared.bitstream import pack, unpack
 from mvic.shared.codec.registry import load_model
 from mvic.shared.evaluation import baselines as bl
 from mvic.shared.evaluation.bdrate import bd_rate
+from mvic.shared.evaluation.stereo_photos import StereoPhotoGroups
 from mvic.shared.scene import SceneConfig
 from mvic.shared.training.config import DataConfig
 from mvic.shared.training.data import SyntheticGroups
 from mvic.shared.training.train import make_source
 
-BASELINES = {
-    "jpeg": (bl.jpeg, (10, 25, 45, 65, 85)),
-    "webp": (bl.webp, (10, 25, 45, 65, 85)),
-    "x265-intra-444": (bl.x265_intra, (42, 37, 32, 27, 22)),
-    "x265-video-444": (bl.x265_video, (42, 37, 32, 27, 22)),
-}
+BASELINES = bl.BASELINES  # name -> Baseline(code, settings, encoder); see baselines.py
 ANCHOR = "x265-intra-444"
 
 
@@ -85,7 +83,7 @@ def evaluate(model, groups: list[list[np.ndarray]], baselines: list[str]) -> lis
             rows.append(RDRow(name, rate, 8 * nbytes / pixels, float(np.mean([x[0] for x in q])),
                               float(np.mean([x[1] for x in q])), enc_t / n_views, t / len(groups)))
     for name in baselines:
-        codec, settings = BASELINES[name]
+        codec, settings = BASELINES[name].code, BASELINES[name].settings
         for s in settings:
             nbytes, q, enc_t = 0, [], 0.0
             for group in groups:
@@ -125,9 +123,11 @@ def bd_table(rows: list[RDRow], anchor: str = ANCHOR) -> dict[str, float]:
     return out
 
 
-def write_outputs(rows: list[RDRow], bd: dict[str, float], out: Path) -> None:
+def write_outputs(rows: list[RDRow], bd: dict[str, float], out: Path,
+                  unavailable: dict[str, str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "bd_rate_percent": bd},
+    (out / "results.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "bd_rate_percent": bd,
+                                                  "unavailable_baselines": unavailable or {}},
                                                  indent=1, allow_nan=True))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -155,8 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mvic-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, required=True, help="MVIC weights (.safetensors)")
-    p.add_argument("--data", default="synthetic", help="synthetic | folder | wildtrack | instereo2k | cityscapes")
-    p.add_argument("--root", default="", help="dataset root for non-synthetic data")
+    p.add_argument("--data", default="synthetic",
+                   help="synthetic | stereo-photos | folder | wildtrack | instereo2k | cityscapes")
+    p.add_argument("--root", default="", help="dataset root for non-synthetic data (stereo-photos: default evaldata, "
+                                              "built by mvic-eval-data build -o evaldata)")
     p.add_argument("--split", default="test")
     p.add_argument("--groups", type=int, default=4, help="number of view groups to evaluate")
     p.add_argument("--cameras", type=int, default=7, help="synthetic: cameras per group")
@@ -173,14 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "synthetic":
         h, w = (int(s) for s in args.size.split("x"))
         source = SyntheticGroups(SceneConfig(seed=args.seed, cameras=args.cameras, height=h, width=w), args.groups)
+    elif args.data == "stereo-photos":
+        source = StereoPhotoGroups(args.root or "evaldata")
     else:
         source = make_source(DataConfig(kind=args.data, root=args.root, split=args.split, cameras=args.cameras), args.seed)
     n = min(args.groups, len(source))
     idx = np.linspace(0, len(source) - 1, n).round().astype(int)
     groups = [list(source.group(int(i))) for i in idx]
-    rows = evaluate(model, groups, args.baselines)
+    unavailable = {name: why for name in args.baselines if (why := bl.unavailable(name))}
+    for name, why in unavailable.items():
+        print(f"baseline {name} unavailable, skipped: {why}")
+    rows = evaluate(model, groups, [b for b in args.baselines if b not in unavailable])
     bd = bd_table(rows)
-    write_outputs(rows, bd, args.output)
+    write_outputs(rows, bd, args.output, unavailable)
     print(f"{'codec':<16}{'setting':>8}{'bpp':>9}{'PSNR':>8}{'MS-SSIM':>9}{'enc s/view':>11}")
     for r in rows:
         print(f"{r.codec:<16}{r.setting:>8g}{r.bpp:>9.4f}{r.psnr_db:>8.2f}{r.ms_ssim:>9.4f}{r.encode_s_per_view:>11.3f}")

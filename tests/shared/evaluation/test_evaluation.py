@@ -27,15 +27,35 @@ def views():
     return list(Scene(SceneConfig(seed=2, cameras=3, height=64, width=96, objects=3)).render(0))
 
 
-@pytest.mark.parametrize("codec,settings", [(bl.jpeg, (20, 90)), (bl.webp, (20, 90)),
-                                            (bl.x265_intra, (40, 20)), (bl.x265_video, (40, 20))])
-def test_baselines_trade_bits_for_quality(views, codec, settings):
-    low, high = (codec(views, s) for s in settings)
+@pytest.mark.parametrize("name", list(bl.BASELINES))
+def test_baselines_trade_bits_for_quality(views, name):
+    if why := bl.unavailable(name):
+        pytest.skip(why)
+    baseline = bl.BASELINES[name]
+    mid, best = baseline.settings[len(baseline.settings) // 2], baseline.settings[-1]
+    low, high = baseline.code(views, mid), baseline.code(views, best)
+    assert low.codec == high.codec == name
     assert 0 < low.num_bytes < high.num_bytes
     assert all(d.shape == v.shape and d.dtype == np.uint8 for d, v in zip(high.images, views))
     q_low = np.mean([bl.psnr(v, d) for v, d in zip(views, low.images)])
     q_high = np.mean([bl.psnr(v, d) for v, d in zip(views, high.images)])
     assert 20 < q_low < q_high
+
+
+def test_odd_sizes_survive_420_padding(views):
+    if why := bl.unavailable("vvc-intra-420"):
+        pytest.skip(why)
+    odd = [v[:33, :47] for v in views[:1]]
+    coded = bl.vvc_intra(odd, 30)
+    assert coded.images[0].shape == (33, 47, 3) and bl.psnr(odd[0], coded.images[0]) > 25
+
+
+def test_missing_encoder_is_reported_not_fatal(views, monkeypatch):
+    monkeypatch.setattr(bl, "ffmpeg_encoders", lambda: frozenset({"libx265"}))
+    assert "libaom-av1" in bl.unavailable("av1-intra-444")
+    assert bl.unavailable("x265-intra-444") is None and bl.unavailable("jpeg") is None
+    with pytest.raises(bl.BaselineUnavailable, match="libjxl"):
+        bl.jpegxl(views, 2)
 
 
 def test_video_anchor_exploits_repeated_views(views):
