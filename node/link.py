@@ -154,8 +154,9 @@ class Link:
                     attempt += 1
                     self.metrics.set_connection("disconnected")
                     what = "stream ended" if st.welcomed.is_set() else "cannot connect"
+                    details = (st.details or "-").split("; last error:")[0][:160]  # gRPC's text can be long
                     log.warning("%s to %s (%s: %s); %d packet(s) spooled; retrying in %.3g s", what, self.target,
-                                st.code.name if st.code else "?", st.details or "-", self.spool.pending, delay)
+                                st.code.name if st.code else "?", details, self.spool.pending, delay)
                 self.stop.wait(delay)
         finally:
             self.connected.clear()
