@@ -1,0 +1,408 @@
+"""docker-compose.yml and deploy/ checked against the real CLIs, without a Docker engine.
+
+Every service's command line goes through the parser and configuration loader of the program it runs
+(``mvic.node.cli`` / ``mvic.fusion_server.cli``); then ports, volumes, Prometheus targets and the Dockerfiles are
+checked against each other and against the repository.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mvic.node import cli as node_cli
+from mvic.node.config import NodeConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DEPLOY = ROOT / "deploy"
+CAMERAS = tuple(f"C{k}" for k in range(1, 8))
+START_AT = "1700000000000000000"  # what an operator exports as MVIC_START_AT_NS
+
+
+# ------------------------------------------------------------------------------------------ compose reading
+_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_]\w*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_]\w*))")
+
+
+class MissingVariable(KeyError):
+    pass
+
+
+def interpolate(value, env: dict[str, str]):
+    """Compose's variable substitution: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match) -> str:
+        if m.group(1):
+            return "$"
+        name = m.group(2) or m.group(5)
+        op, arg = m.group(3), m.group(4)
+        unset = name not in env or (op is not None and op.startswith(":") and env[name] == "")
+        if op in ("-", ":-"):
+            return arg if unset else env[name]
+        if op in ("?", ":?"):
+            if unset:
+                raise MissingVariable(f"{name}: {arg}")
+            return env[name]
+        return env.get(name, "")
+
+    return _VAR.sub(sub, value)
+
+
+def compose_variables() -> set[str]:
+    return {m.group(2) or m.group(5) for m in _VAR.finditer(COMPOSE.read_text()) if not m.group(1)}
+
+
+def load_compose(env: dict[str, str] | None = None) -> dict:
+    return interpolate(yaml.safe_load(COMPOSE.read_text()), {"MVIC_START_AT_NS": START_AT} if env is None else env)
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction, continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for raw in path.read_text().splitlines():
+        if not current and (not raw.strip() or raw.lstrip().startswith("#")):
+            continue
+        if raw.lstrip().startswith("#"):
+            continue
+        current += raw.rstrip("\\").strip() + " "
+        if not raw.rstrip().endswith("\\"):
+            word, _, rest = current.strip().partition(" ")
+            lines.append((word.upper(), rest.strip()))
+            current = ""
+    return lines
+
+
+def exec_form(text: str) -> list[str]:
+    return yaml.safe_load(text) if text.startswith("[") else shlex.split(text)
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool
+
+    @property
+    def is_bind(self) -> bool:
+        return self.source.startswith((".", "/", "~"))
+
+
+def mounts(service: dict) -> list[Mount]:
+    out = []
+    for spec in service.get("volumes", []):
+        source, target, *mode = spec.split(":")
+        out.append(Mount(source, target, "ro" in mode))
+    return out
+
+
+def mount_of(service: dict, container_path: str) -> Mount | None:
+    """The mount a container path lies in (the deepest one)."""
+    found = [m for m in mounts(service) if container_path == m.target or container_path.startswith(m.target + "/")]
+    return max(found, key=lambda m: len(m.target), default=None)
+
+
+def argv(service: dict, image_entrypoint: list[str]) -> list[str]:
+    entry = service.get("entrypoint", image_entrypoint)
+    return list(entry) + list(service.get("command", []))
+
+
+def image_entrypoint(name: str) -> list[str]:
+    return exec_form(dict(dockerfile(DEPLOY / f"{name}.Dockerfile"))["ENTRYPOINT"])
+
+
+def program(service: dict) -> str | None:
+    """'node' or 'server' for services built from deploy/<program>.Dockerfile, else None (third-party images)."""
+    build = service.get("build")
+    match = re.fullmatch(r"deploy/(\w+)\.Dockerfile", build["dockerfile"]) if build else None
+    return match.group(1) if match else None
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def nodes(compose) -> dict[str, NodeConfig]:
+    """Service name -> the NodeConfig its command line produces (parser + config loader of mvic-node)."""
+    out = {}
+    for name, service in compose["services"].items():
+        if program(service) != "node":
+            continue
+        args = argv(service, image_entrypoint("node"))
+        assert args[0] == "mvic-node"
+        out[name] = node_cli.config_from_args(node_cli.build_parser().parse_args(args[1:]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server_args(compose) -> list[str]:
+    service = compose["services"]["server"]
+    assert program(service) == "server"
+    args = argv(service, image_entrypoint("server"))
+    assert args[0] == "mvic-server"
+    return args[1:]
+
+
+@pytest.fixture(scope="module")
+def server(compose, server_args):
+    """The ServerConfig of the server's command line, its --config file read from the repository."""
+    from mvic.fusion_server import cli as server_cli
+    from mvic.fusion_server.config import load_config
+
+    args = server_cli.build_parser().parse_args(server_args)
+    config_file = None
+    if args.config:
+        mount = mount_of(compose["services"]["server"], args.config)
+        assert mount is not None and mount.is_bind, f"--config {args.config} is not in a bind mount"
+        config_file = ROOT / mount.source / Path(args.config).relative_to(mount.target)
+    return load_config(config_file, server_cli._overrides(args)), args
+
+
+# ------------------------------------------------------------------------------------------- command lines
+def test_every_service_is_known_and_the_seven_cameras_run(compose, nodes):
+    assert set(compose["services"]) == {"server", "prometheus", *(f"node-{c.lower()}" for c in CAMERAS)}
+    assert sorted(c.camera for c in nodes.values()) == list(CAMERAS)
+    for name, config in nodes.items():
+        assert name == f"node-{config.camera.lower()}", "service name and --camera disagree"
+
+
+def test_server_command_line_passes_validate_config(compose, server_args, capsys):
+    from mvic.fusion_server import cli as server_cli
+
+    service = compose["services"]["server"]
+    args = server_cli.build_parser().parse_args(server_args)
+    mount = mount_of(service, args.config)
+    host_config = str(ROOT / mount.source / Path(args.config).relative_to(mount.target))
+    assert server_cli.main([a.replace(args.config, host_config) for a in server_args] + ["--validate-config"]) == 0
+    assert "configuration OK" in capsys.readouterr().out
+
+
+def test_server_decodes_on_the_reserved_gpu_and_allows_exactly_the_seven_cameras(compose, server):
+    config, args = server
+    assert config.device == "cuda:0" and args.gpu == 0
+    devices = compose["services"]["server"]["deploy"]["resources"]["reservations"]["devices"]
+    assert len(devices) == 1 and devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert len(devices[0].get("device_ids", ["0"])) == 1 or devices[0].get("count") == 1
+    assert sorted(config.cameras) == list(CAMERAS)
+    assert config.http and config.metrics_port
+
+
+def test_nodes_share_one_schedule_and_one_model(nodes, server):
+    config, _ = server
+    (start_at,) = {c.source.start_at_ns for c in nodes.values()}
+    assert start_at == int(START_AT), "the nodes must all get --start-at from MVIC_START_AT_NS"
+    assert len({c.source.fps for c in nodes.values()}) == 1 and next(iter(nodes.values())).source.fps > 0
+    assert {c.encode.policy for c in nodes.values()} == {"every"}, "replayed files must keep every frame"
+    assert {c.encode.weights for c in nodes.values()} == {config.weights}, "nodes and server load different weights"
+
+
+def test_the_schedule_variable_is_required():
+    with pytest.raises(MissingVariable, match="MVIC_START_AT_NS"):
+        load_compose(env={})
+
+
+def test_per_camera_video_names_come_from_one_variable_pattern(nodes):
+    env = {"MVIC_START_AT_NS": START_AT, **{f"WILDTRACK_{c}": f"view-{c}.avi" for c in CAMERAS}}
+    renamed = load_compose(env)["services"]
+    for name, config in nodes.items():
+        args = node_cli.build_parser().parse_args(argv(renamed[name], [])[1:])
+        assert args.source == f"/wildtrack/view-{config.camera}.avi"
+        assert Path(config.source.uri).name == f"cam{config.camera[1:]}.mp4"  # the documented default
+
+
+# ------------------------------------------------------------------------------------------------- ports
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def _published(service: dict) -> list[tuple[int, int]]:
+    out = []
+    for spec in service.get("ports", []):
+        host, _, container = str(spec).rpartition(":")
+        out.append((int(host.rpartition(":")[2]), int(container.split("/")[0])))
+    return out
+
+
+def test_nodes_dial_the_server_service_on_its_grpc_port(compose, nodes, server):
+    config, _ = server
+    for node in nodes.values():
+        host, port = node.server.rsplit(":", 1)
+        assert host == "server" and host in compose["services"]
+        assert int(port) == _port(config.listen)
+
+
+def test_published_ports_are_unique_and_lead_to_something_listening(compose, server):
+    config, _ = server
+    listening = {"server": {_port(config.listen), _port(config.http), config.metrics_port}, "prometheus": {9090}}
+    seen = {}
+    for name, service in compose["services"].items():
+        for host, container in _published(service):
+            assert host not in seen, f"host port {host} published by {seen.get(host)} and {name}"
+            seen[host] = name
+            assert container in listening.get(name, set()), f"{name} publishes {container}, nothing listens there"
+    assert {c for _, c in _published(compose["services"]["server"])} >= {_port(config.listen), _port(config.http)}
+
+
+def test_prometheus_scrapes_exactly_the_metrics_ports_the_services_open(compose, nodes, server):
+    config, _ = server
+    expected = {f"server:{config.metrics_port}"} | {f"{name}:{c.metrics.port}" for name, c in nodes.items()}
+    assert all(c.metrics.port for c in nodes.values())
+    prometheus = compose["services"]["prometheus"]
+    config_flag = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    mount = mount_of(prometheus, config_flag.partition("=")[2])
+    assert mount and mount.is_bind and (ROOT / mount.source) == DEPLOY / "prometheus.yml"
+    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    targets = [t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert len(targets) == len(set(targets)) and set(targets) == expected
+
+
+def test_health_checks_probe_the_ports_the_programs_open(compose, nodes, server):
+    config, _ = server
+    health = dict(dockerfile(DEPLOY / "server.Dockerfile"))["HEALTHCHECK"]
+    assert "mvic-grpc-health" in health and f"localhost:{_port(config.listen)}" in health
+    for name, node in nodes.items():
+        test = " ".join(compose["services"][name]["healthcheck"]["test"])
+        assert f"localhost:{node.metrics.port}/metrics" in test
+    exposed = {int(p) for p in dict(dockerfile(DEPLOY / "server.Dockerfile"))["EXPOSE"].split()}
+    assert exposed == {_port(config.listen), _port(config.http), config.metrics_port}
+
+
+# ----------------------------------------------------------------------------------------------- volumes
+def test_every_mount_is_a_declared_volume_or_a_documented_host_path(compose):
+    declared = set(compose.get("volumes") or {})
+    used = set()
+    readme = (DEPLOY / "README.md").read_text()
+    for name, service in compose["services"].items():
+        for m in mounts(service):
+            if not m.is_bind:
+                assert m.source in declared, f"{name}: volume {m.source} is not declared"
+                used.add(m.source)
+            elif (ROOT / m.source).exists():
+                assert (ROOT / m.source).resolve().is_relative_to(ROOT) and m.read_only, f"{name}: {m.source}"
+            else:  # a data folder the operator provides: its variable must be documented
+                raw = yaml.safe_load(COMPOSE.read_text())["services"][name]["volumes"]
+                var = re.search(r"\$\{(\w+)", next(v for v in raw if v.endswith(f":{m.target}:ro")))
+                assert m.read_only and var and var.group(1) in readme, f"{name}: {m.source} is undocumented"
+    assert used == declared, f"declared but unused volumes: {declared - used}"
+
+
+def test_sources_and_weights_lie_in_read_only_mounts(compose, nodes, server):
+    config, _ = server
+    for name, node in nodes.items():
+        for path in (node.source.uri, node.encode.weights):
+            mount = mount_of(compose["services"][name], path)
+            assert mount is not None and mount.is_bind and mount.read_only, f"{name}: {path} is not mounted"
+    mount = mount_of(compose["services"]["server"], config.weights)
+    assert mount is not None and mount.read_only
+
+
+def test_spools_and_output_live_in_named_volumes_one_per_node(compose, nodes, server):
+    config, _ = server
+    volumes = []
+    for name, node in nodes.items():
+        mount = mount_of(compose["services"][name], node.spool.dir)
+        assert mount is not None and not mount.is_bind and not mount.read_only, f"{name}: spool not on a volume"
+        volumes.append(mount.source)
+    assert len(set(volumes)) == len(nodes), "two nodes share a spool volume"
+    out = mount_of(compose["services"]["server"], config.out)
+    assert out is not None and not out.is_bind and not out.read_only and out.source not in volumes
+
+
+def test_every_variable_is_documented():
+    readme = (DEPLOY / "README.md").read_text()
+    missing = sorted(v for v in compose_variables() if v not in readme and not re.fullmatch(r"WILDTRACK_C\d", v))
+    assert not missing and "WILDTRACK_C<k>" in readme, f"undocumented in deploy/README.md: {missing}"
+
+
+# --------------------------------------------------------------------------------------------- images
+@pytest.mark.parametrize("name", ["node", "server"])
+def test_dockerfile_copies_existing_files_and_runs_the_installed_script(name):
+    path = DEPLOY / f"{name}.Dockerfile"
+    instructions = dockerfile(path)
+    for word, rest in instructions:
+        if word in ("COPY", "ADD") and "--from=" not in rest:
+            *sources, _ = [a for a in rest.split() if not a.startswith("--")]
+            for source in sources:
+                assert (ROOT / source).exists(), f"{path.name}: COPY {source} does not exist"
+    scripts = yaml.safe_load(_toml_scripts())
+    assert image_entrypoint(name) == [f"mvic-{name}"] and f"mvic-{name}" in scripts
+    users = [rest for word, rest in instructions if word == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert [rest for word, rest in instructions if word == "FROM"][-1] == "${PYTHON_IMAGE}"
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in path.read_text()
+
+
+def _toml_scripts() -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    return "\n".join(line.replace(" = ", ": ", 1) for line in section.strip().splitlines())
+
+
+@pytest.mark.parametrize("name", ["node", "server"])
+def test_torch_pins_match_the_setup_script(name):
+    pins = dict(re.findall(r'"(torch|torchvision)==([\w.]+)"', (ROOT / "scripts" / "setup.sh").read_text()))
+    args = dict(re.findall(r"ARG (TORCH_VERSION|TORCHVISION_VERSION)=(\S+)", (DEPLOY / f"{name}.Dockerfile").read_text()))
+    assert args == {"TORCH_VERSION": pins["torch"], "TORCHVISION_VERSION": pins["torchvision"]}
+
+
+def test_node_image_takes_torch_from_the_cpu_index():
+    text = (DEPLOY / "node.Dockerfile").read_text()
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
+    assert '--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"' in text
+
+
+def test_compose_builds_from_the_deploy_dockerfiles(compose):
+    for name, service in compose["services"].items():
+        if "build" in service:
+            assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file(), name
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "data", "runs"} <= set(ignored)
+    copied = {src for f in ("node", "server") for w, rest in dockerfile(DEPLOY / f"{f}.Dockerfile")
+              if w == "COPY" and "--from=" not in rest for src in rest.split()[:-1]}
+    assert not copied & set(ignored), "a COPY source is excluded from the build context"
+
+
+# ----------------------------------------------------------------------------------------- health probe
+def _probe():
+    spec = importlib.util.spec_from_file_location("grpc_health_probe", DEPLOY / "grpc_health_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_health_probe_exits_0_only_when_the_fusion_service_is_serving(capsys):
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from mvic.shared.rpc import SERVICE_NAME
+
+    probe = _probe()
+    servicer = health.HealthServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        address = f"127.0.0.1:{port}"
+        servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert probe.main([address]) == 1
+        servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        assert probe.main([address]) == 0
+        assert "SERVING" in capsys.readouterr().out
+    finally:
+        server.stop(None)
+    assert probe.main([address, "--timeout", "0.5"]) == 1  # nobody listening
