@@ -6,7 +6,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(PY) -W ignore::FutureWarning -m mvic.shared.codec.cli demo
+	@$(PY) -W ignore::FutureWarning -m mvic.shared.demo
 
 test: setup
 	@$(PY) -m pytest -q
