@@ -59,6 +59,7 @@ class AckJournal:
     def __init__(self, out_dir: str | Path):
         self.path = Path(out_dir) / JOURNAL_NAME
         self._acked: dict[str, int] = {}
+        self._groups: dict[str, str] = {}  # camera -> camera group it last streamed in
 
     def load(self) -> dict[str, int]:
         """Read the journal (an absent file means a fresh server); raises ValueError on a damaged one."""
@@ -70,6 +71,7 @@ class AckJournal:
             if raw.get("version") != JOURNAL_VERSION:
                 raise ValueError(f"journal version {raw.get('version')} is not {JOURNAL_VERSION}")
             acked = {str(k): int(v) for k, v in raw["cameras"].items()}
+            self._groups = {str(k): str(v) for k, v in raw.get("groups", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(
                 f"ack journal {self.path} is damaged ({exc}); move it away to start fresh (nodes will resend "
@@ -81,9 +83,14 @@ class AckJournal:
     def get(self, camera: str) -> int | None:
         return self._acked.get(camera)
 
-    def save(self, updates: dict[str, int]) -> None:
+    def group_of(self, camera: str) -> str | None:
+        return self._groups.get(camera)
+
+    def save(self, updates: dict[str, int], groups: dict[str, str] | None = None) -> None:
         """Merge updates (never lowering a camera's value) and write the whole journal atomically."""
         for camera, acked in updates.items():
             self._acked[camera] = max(acked, self._acked.get(camera, 0))
-        body = {"version": JOURNAL_VERSION, "cameras": dict(sorted(self._acked.items()))}
+        self._groups.update(groups or {})
+        body = {"version": JOURNAL_VERSION, "cameras": dict(sorted(self._acked.items())),
+                "groups": dict(sorted(self._groups.items()))}
         write_atomic(self.path, (json.dumps(body, indent=1) + "\n").encode())

@@ -17,6 +17,8 @@ Errors name the key path (``grouping.tolerance_ms``) so an operator can find the
       tolerance_ms: 30.0           # views whose capture times differ by at most this belong to one group
       max_wait_ms: 250.0           # wait at most this long for missing views, then decode those present
       max_open_groups: 64          # more open groups than this: the oldest is decoded at once
+      away_wait_ms: 5000.0         # a camera that dropped its stream (or every camera after a restart) is
+                                   # awaited this long: its backlog still joins the others' views
     decode:
       workers: 2                   # groups decoded at the same time (entropy decoding on CPU threads)
       max_inflight_groups: 8       # groups between the grouper and the ack; more makes streams wait
@@ -58,6 +60,7 @@ class GroupingConfig:
     tolerance_ms: float = 30.0
     max_wait_ms: float = 250.0
     max_open_groups: int = 64
+    away_wait_ms: float = 5000.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ def validate(c: ServerConfig) -> None:
     _need(0 <= g.tolerance_ms <= 10_000, "grouping.tolerance_ms", "must be 0..10000")
     _need(0 <= g.max_wait_ms <= 60_000, "grouping.max_wait_ms", "must be 0..60000")
     _need(g.max_open_groups >= 1, "grouping.max_open_groups", "must be >= 1")
+    _need(0 <= g.away_wait_ms <= 600_000, "grouping.away_wait_ms", "must be 0..600000")
     d = c.decode
     _need(1 <= d.workers <= 64, "decode.workers", "must be 1..64")
     _need(d.max_inflight_groups >= d.workers, "decode.max_inflight_groups", "must be >= decode.workers")

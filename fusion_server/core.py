@@ -82,7 +82,11 @@ class FusionCore:
                        asyncio.create_task(self._expire_loop(), name="mvic-expire")]
 
     def attach_decoder(self, decoder: GroupDecoder) -> None:
+        """Streams are taken from now on; cameras of the journal are awaited for away_wait_ms (they reconnect)."""
         self._decoder = decoder
+        now = time.monotonic()
+        for camera in self._durable:
+            self._grouper(self.journal.group_of(camera) or "").set_away(camera, now)
 
     @property
     def ready(self) -> bool:
@@ -135,11 +139,7 @@ class FusionCore:
                       StreamReplacedError(f"camera {camera} opened a newer stream; this one ends"))
         session = Session(hello)
         self._sessions[camera] = session
-        grouper = self._groupers.get(hello.group_id)
-        if grouper is None:
-            g = self.config.grouping
-            grouper = self._groupers[hello.group_id] = Grouper(
-                hello.group_id, int(g.tolerance_ms * 1e6), g.max_wait_ms / 1e3, g.max_open_groups)
+        grouper = self._grouper(hello.group_id)
         await self._dispatch(grouper.set_expected(self._connected(hello.group_id), time.monotonic()))
         self.metrics.connected.set(len(self._sessions))
         self.live.set_connected(camera, hello.group_id, True)
@@ -157,7 +157,9 @@ class FusionCore:
         log.info("camera %s disconnected", session.camera)
         grouper = self._groupers.get(session.group)
         if grouper is not None and self._accepting:
-            await self._dispatch(grouper.set_expected(self._connected(session.group), time.monotonic()))
+            now = time.monotonic()
+            grouper.set_away(session.camera, now)  # before set_expected: its groups keep waiting for a reconnect
+            await self._dispatch(grouper.set_expected(self._connected(session.group), now))
 
     async def end_of_input(self, session: Session) -> None:
         """The node half-closed: end the stream once its frames in flight are acked."""
@@ -270,7 +272,7 @@ class FusionCore:
             now = time.monotonic()
             for group_id, grouper in list(self._groupers.items()):
                 await self._dispatch(grouper.expire(now))
-                if not grouper.open_groups and not self._connected(group_id):
+                if not grouper.open_groups and not grouper.awaiting and not self._connected(group_id):
                     del self._groupers[group_id]  # camera groups come and go: keep only live ones
             self.metrics.open_groups.set(sum(g.open_groups for g in self._groupers.values()))
 
@@ -324,6 +326,7 @@ class FusionCore:
     async def _finish(self, items: list[tuple[str, str, int, PacketRejected | None]]) -> None:
         """Sequences written or rejected for good: journal the new cumulative acks, then send them."""
         moved: dict[str, int] = {}
+        groups = {camera: group for camera, group, _, _ in items}
         for camera, group, seq, err in items:
             if err is not None:
                 self.metrics.rejected.labels(camera, err.reason).inc()
@@ -335,7 +338,7 @@ class FusionCore:
                 moved[camera] = self._trackers[camera].acked
         if moved:
             async with self._journal_lock:
-                await asyncio.get_running_loop().run_in_executor(self._io_pool, self.journal.save, moved)
+                await asyncio.get_running_loop().run_in_executor(self._io_pool, self.journal.save, moved, groups)
                 for camera, acked in moved.items():
                     self._durable[camera] = max(acked, self._durable.get(camera, 0))
         for camera, acked in moved.items():
@@ -348,6 +351,14 @@ class FusionCore:
     def _close_if_done(self, session: Session) -> None:
         if session.input_done and self._trackers[session.camera].in_flight == 0:
             session.close("the node ended its stream and every frame is acknowledged")
+
+    def _grouper(self, group_id: str) -> Grouper:
+        grouper = self._groupers.get(group_id)
+        if grouper is None:
+            g = self.config.grouping
+            grouper = self._groupers[group_id] = Grouper(group_id, int(g.tolerance_ms * 1e6), g.max_wait_ms / 1e3,
+                                                         g.max_open_groups, g.away_wait_ms / 1e3)
+        return grouper
 
     def _connected(self, group_id: str) -> frozenset[str]:
         return frozenset(c for c, s in self._sessions.items() if s.group == group_id)

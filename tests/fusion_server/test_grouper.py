@@ -102,3 +102,21 @@ def test_disconnect_completes_waiting_groups_and_flush_empties():
     g.set_expected({"A", "B"}, 0.3)
     g.add(view("A", 4, 1300), 0.3)
     assert [grp.cameras for grp in g.flush(0.4)] == [("A",)] and g.open_groups == 0
+
+
+def test_away_camera_is_awaited_for_its_grace_then_not():
+    g = Grouper("", 20 * MS, 0.5, 64, away_wait_s=3.0)
+    g.set_expected({"A", "B"}, 0.0)
+    g.set_away("B", 0.0)  # B dropped its stream (set_away first, so its groups keep waiting) ...
+    assert g.set_expected({"A"}, 0.0) == []
+    g.add(view("A", 1, 1000), 0.1)
+    assert g.expire(1.0) == []  # past max_wait, but B is expected back
+    assert g.next_deadline() == pytest.approx(3.0)
+    g.set_expected({"A", "B"}, 2.0)  # ... B is back and sends its backlog
+    (group,) = g.add(view("B", 1, 1004), 2.0)
+    assert group.cameras == ("A", "B") and group.complete
+    g.set_away("B", 2.5)
+    g.set_expected({"A"}, 2.5)
+    g.add(view("A", 2, 1100), 2.6)
+    (alone,) = g.expire(5.5)  # B did not come back within 3 s
+    assert alone.cameras == ("A",) and not alone.complete and not g.awaiting

@@ -242,3 +242,35 @@ def test_half_close_ends_stream_after_last_ack(server, encoder, views):
 def _packet(item):
     seq, capture_ns, bits = item
     return seq, bits, capture_ns
+
+
+def test_after_restart_backlogs_of_cameras_reconnecting_apart_still_decode_jointly(tmp_path, weights, encoder, views):
+    out = tmp_path / "out"
+    srv = ServerThread(server_config(out, weights)).start()
+    nodes = [MiniNode(srv.port, cam, encoder) for cam in ("C1", "C2")]
+    for node in nodes:
+        node.welcome()
+        node.send(*_packet(views[node.camera][0]))
+    assert all(node.wait_acked(1) for node in nodes)
+    srv.stop()
+    for node in nodes:
+        node.close()
+
+    srv = ServerThread(server_config(out, weights)).start()  # away_wait_ms 5000: both cameras are awaited
+    try:
+        c1 = MiniNode(srv.port, "C1", encoder)
+        assert c1.welcome().acked_sequence == 1
+        for i in (1, 2):
+            c1.send(*_packet(views["C1"][i]))
+        time.sleep(0.6)  # longer than max_wait (300 ms): C2 is still reconnecting
+        assert c1.acked == 0  # nothing decoded yet: C1's backlog waits for C2
+        c2 = MiniNode(srv.port, "C2", encoder)
+        c2.welcome()
+        for i in (1, 2):
+            c2.send(*_packet(views["C2"][i]))
+        assert c1.wait_acked(3) and c2.wait_acked(3)
+        assert _metric(srv, "mvic_server_groups_decoded_total", outcome="complete") == 2
+        assert _metric(srv, "mvic_server_groups_decoded_total", outcome="partial") == 0
+        c1.close(), c2.close()
+    finally:
+        srv.stop()
