@@ -115,7 +115,7 @@ class FusionCore:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._decode_pool.shutdown(wait=True, cancel_futures=True)
-        self._io_pool.submit(self.sinks.close).result()
+        await asyncio.get_running_loop().run_in_executor(self._io_pool, self.sinks.close)
         self._io_pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------------------------------ handshake
@@ -158,7 +158,8 @@ class FusionCore:
         grouper = self._groupers.get(session.group)
         if grouper is not None and self._accepting:
             now = time.monotonic()
-            grouper.set_away(session.camera, now)  # before set_expected: its groups keep waiting for a reconnect
+            if not session.input_done:  # a broken stream, not a node that stopped: expect it back soon
+                grouper.set_away(session.camera, now)  # before set_expected, so its groups keep waiting
             await self._dispatch(grouper.set_expected(self._connected(session.group), now))
 
     async def end_of_input(self, session: Session) -> None:

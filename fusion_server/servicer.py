@@ -43,6 +43,7 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
             session, welcome = await self._core.connect(_hello(first.hello, metadata))
         except ServerError as exc:
             log.warning("refused camera %r: %s", first.hello.camera_id, exc)
+            self._core.metrics.refused.labels(status_for(exc).name).inc()
             await self._abort(context, exc)
         yield pb.ServerMessage(welcome=pb.Welcome(
             acked_sequence=welcome.acked_sequence, has_acked=welcome.has_acked,
