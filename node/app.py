@@ -9,6 +9,9 @@ is queued, spools it), link (``drain``: sends and waits up to ``link.drain_timeo
 metrics endpoint, spool (state written, lock released). One ``threading.Event`` is passed down to every stage; only
 ``mvic.node.cli.main`` installs signal handlers, which set it.
 
+A restarted node on the same explicit schedule (``--start-at``, source, fps) resumes it after the last frame it
+spooled (``mvic.node.capture``: resume); sequence numbers continue in the spool as always.
+
 When the source ends on its own (``--frames N``, the end of a file), the node waits up to ``link.finish_timeout_s``
 for every packet to be acknowledged, then stops; ``run`` then returns 1 if packets are left unacknowledged (they
 stay spooled and are sent by the next start). A requested stop returns 0, a stage that crashed 1.
@@ -24,7 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from mvic.node.capture import Capture
+from mvic.node.capture import Capture, resume_index, schedule_key
 from mvic.node.config import NodeConfig
 from mvic.node.encoder import EncoderWorker, compatibility_check, configure_torch, load_encoder
 from mvic.node.handoff import FrameHandoff
@@ -75,10 +78,16 @@ class NodeApp:
         configure_torch(cfg.encode.threads)
         if self.source is None:
             self.source = open_source(cfg.source, cfg.camera)
+        schedule = schedule_key(cfg.source, self.source.live)
         spool = Spool(cfg.spool.dir, cfg.camera, cfg.spool.max_bytes, cfg.spool.when_full, self.metrics,
-                      keep=compatibility_check(self.model))
+                      keep=compatibility_check(self.model), schedule=schedule)
         spool.open()  # may fail (locked by another node): then stop() must not touch it
         self.spool = spool
+        first_index = 0
+        if schedule and spool.resumed_capture_ns is not None:
+            first_index = resume_index(spool.resumed_capture_ns, cfg.source.start_at_ns, cfg.source.fps)
+            log.info("resuming the capture schedule (same start_at, source and fps) at frame %d, after the last "
+                     "spooled frame; a new --start-at starts again at frame 0", first_index)
         if cfg.metrics.port:
             self._metrics_server, _ = start_http_server(cfg.metrics.port, cfg.metrics.host, self.metrics.registry)
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, cfg.metrics.port)
@@ -91,7 +100,8 @@ class NodeApp:
                                      self.stop_event)
         self._spawn("encoder", self.encoder.run)
         start_at = cfg.source.start_at_ns or self.session_ns
-        self.capture = Capture(self.source, handoff, cfg.source, self.metrics, self.stop_event, start_at_ns=start_at)
+        self.capture = Capture(self.source, handoff, cfg.source, self.metrics, self.stop_event, start_at_ns=start_at,
+                               first_index=first_index)
         self._spawn("capture", self.capture.run)
         log.info("camera %s (group %r) -> %s: %s, model %s weights %s, rate %d, %g fps, policy %s, spool %s "
                  "(max %d bytes, %s)", cfg.camera, cfg.group, cfg.server, self.source.name, self.model.spec.name,

@@ -5,7 +5,13 @@ Hop before: a ``mvic.node.sources.Source``. Hop after: ``mvic.node.handoff.Frame
 Schedule. Frame i of a file, folder or synthetic scene is due at ``start_at + i / fps`` and carries exactly that
 capture time, so several nodes started with the same ``--start-at`` agree on timestamps (fps 0: as fast as
 possible, stamped at read). A live source (webcam, stream) is stamped with the wall clock at grab; frames it
-delivers faster than ``fps`` are dropped (reason "rate_limit").
+delivers faster than ``fps`` are dropped (reason "rate_limit"). Images whose long side exceeds ``max_side`` are
+downscaled here, before the encoder.
+
+Resume. A finite source on an explicit schedule (``start_at_ns`` given, fps > 0) is identified by
+``schedule_key``; the spool keeps it with the capture time of the last packet it stored. A node restarted on the
+same schedule starts at ``first_index`` = the frame after that one (``resume_index``): the source is ``seek``-ed
+there, timestamps go on from it, and ``frames`` still ends the schedule at frame N, not N frames later.
 
 Watchdog. Every source call runs on a reader thread and is waited for at most ``read_timeout_s``
 (``open_timeout_s`` for opening). A call that takes longer is a hung source: it is counted
@@ -27,7 +33,7 @@ from typing import Any
 from mvic.node.config import SourceConfig
 from mvic.node.handoff import Frame, FrameHandoff
 from mvic.node.metrics import NodeMetrics
-from mvic.node.sources import Source
+from mvic.node.sources import Source, fit_within
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +90,27 @@ class _Reader:
         self._jobs.put(None)
 
 
+def schedule_key(config: SourceConfig, live: bool) -> dict | None:
+    """What a restarted node must share with the previous run to resume its capture schedule; None when the source
+    has no schedule to resume (live, fps 0, or start_at chosen at node start)."""
+    if live or not config.fps or not config.start_at_ns:
+        return None
+    return {"uri": config.uri, "start_at_ns": config.start_at_ns, "fps": config.fps,
+            "file_timeline": config.file_timeline}
+
+
+def resume_index(last_capture_ns: int, start_at_ns: int, fps: float) -> int:
+    """The schedule index after the frame stamped ``last_capture_ns`` (stamps are start_at + round(i * 1e9 / fps))."""
+    return max(0, round((last_capture_ns - start_at_ns) * fps / 1e9) + 1)
+
+
 class Capture:
-    """Reads ``source`` into ``handoff`` until the source ends, ``config.frames`` are captured, or ``stop`` is set."""
+    """Reads ``source`` into ``handoff`` until the source ends, the schedule reaches frame ``config.frames``, or
+    ``stop`` is set. ``first_index``: the schedule index to start at (a resumed schedule; finite sources only)."""
 
     def __init__(self, source: Source, handoff: FrameHandoff, config: SourceConfig, metrics: NodeMetrics,
-                 stop: threading.Event, *, start_at_ns: int, clock: Callable[[], int] = time.time_ns):
+                 stop: threading.Event, *, start_at_ns: int, clock: Callable[[], int] = time.time_ns,
+                 first_index: int = 0):
         self.source = source
         self.handoff = handoff
         self.config = config
@@ -96,7 +118,8 @@ class Capture:
         self.stop = stop
         self.start_at_ns = start_at_ns
         self.clock = clock
-        self.captured = 0
+        self.captured = 0  # frames captured by this run
+        self.index = 0 if source.live else first_index  # schedule index of the next frame
         self.finished_naturally = False  # the source ended or the frame count was reached (not a stop request)
         self._reader: _Reader | None = None
         self._opened = False
@@ -108,6 +131,8 @@ class Capture:
     # ----------------------------------------------------------------------------------------- loop
     def run(self) -> None:
         try:
+            if self.index:
+                self.source.seek(self.index)
             self._loop()
         except CaptureStopped:
             log.info("capture stopped during a source call")
@@ -123,8 +148,9 @@ class Capture:
     def _loop(self) -> None:
         cfg = self.config
         while not self.stop.is_set():
-            if cfg.frames and self.captured >= cfg.frames:
-                log.info("captured %d frames (--frames); capture finished", self.captured)
+            if cfg.frames and self.index >= cfg.frames:
+                log.info("captured %d frames, the schedule reached frame %d (--frames); capture finished",
+                         self.captured, cfg.frames)
                 self.finished_naturally = True
                 return
             if not self._opened and not self._open():
@@ -154,7 +180,8 @@ class Capture:
                 if cfg.fps and not self._live_tick(due_ns):
                     self.metrics.dropped("rate_limit")
                     continue
-            frame = Frame(self.captured, due_ns, image)
+            frame = Frame(self.index, due_ns, fit_within(image, cfg.max_side))
+            self.index += 1
             self.captured += 1
             self.metrics.frames_captured.inc()
             self.handoff.put(frame, self.stop)
@@ -170,12 +197,12 @@ class Capture:
         return True
 
     def _wait_until_due(self) -> int | None:
-        """Sleep until frame ``captured`` is due (finite sources); its capture time, or None when stopped."""
+        """Sleep until frame ``index`` is due (finite sources); its capture time, or None when stopped."""
         if self.source.live:
             return 0
         if not self.config.fps:
             return self.clock()
-        due = self.start_at_ns + round(self.captured * 1e9 / self.config.fps)
+        due = self.start_at_ns + round(self.index * 1e9 / self.config.fps)
         wait_s = (due - self.clock()) / 1e9
         if wait_s > 0 and self.stop.wait(wait_s):
             return None

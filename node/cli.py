@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from mvic.node.config import POLICIES, WHEN_FULL, ConfigError, NodeConfig, load_config, to_dict
+from mvic.node.config import FILE_TIMELINES, POLICIES, WHEN_FULL, ConfigError, NodeConfig, load_config, to_dict
 
 log = logging.getLogger("mvic.node")
 
@@ -49,11 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--source", help="video file, rtsp://... URL, webcam index or image folder "
                                       "(default: the synthetic scene)")
     src.add_argument("--fps", type=float, help="frames per second to capture (0 = as fast as files can be read)")
-    src.add_argument("--frames", type=int, help="stop after N frames (0 = run until stopped)")
+    src.add_argument("--frames", type=int, help="stop at frame N of the schedule (0 = run until stopped)")
     src.add_argument("--start-at", type=int, metavar="NS",
                      help="capture schedule origin, ns since the Unix epoch: frame i of a file/folder/synthetic "
-                          "source is stamped start_at + i/fps, so nodes started together agree (default: now)")
+                          "source is stamped start_at + i/fps, so nodes started together agree (default: now); "
+                          "a restart with the same value resumes after the last spooled frame")
     src.add_argument("--loop", action="store_true", default=None, help="restart a file or folder at its end")
+    src.add_argument("--file-timeline", choices=FILE_TIMELINES,
+                     help="video files: 'native' (default) takes the frame at i/fps on the file's own clock "
+                          "(--fps 2 on a 60 fps file: every 30th frame); 'sequential' the next frame per capture")
+    src.add_argument("--max-side", type=int, metavar="PX",
+                     help="downscale images whose long side exceeds PX (aspect kept; default 0 = off); use the "
+                          "same value on every camera of a group")
     enc = p.add_argument_group("encode")
     enc.add_argument("--rate", type=int, help="rate index, 0 (smallest) .. 4 (best quality); default 2")
     enc.add_argument("--model", help="architecture (default: the one the weights file names; ldmic-fast-lite)")
@@ -75,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _FLAG_KEYS = {
     "camera": "camera", "server": "server", "group": "group", "source": "source.uri", "fps": "source.fps",
-    "frames": "source.frames", "start_at": "source.start_at_ns", "loop": "source.loop", "rate": "encode.rate",
+    "frames": "source.frames", "start_at": "source.start_at_ns", "loop": "source.loop",
+    "file_timeline": "source.file_timeline", "max_side": "source.max_side", "rate": "encode.rate",
     "model": "encode.model", "weights": "encode.weights", "threads": "encode.threads", "policy": "encode.policy",
     "spool": "spool.dir", "spool_max_bytes": "spool.max_bytes", "spool_when_full": "spool.when_full",
     "metrics_port": "metrics.port", "log_level": "log_level",

@@ -11,9 +11,16 @@ key path (``source.fps``, ``spool.when_full``), so an operator can find the line
     source:
       uri: ""                      # "" = synthetic scene; a video file, rtsp://..., a webcam index, an image folder
       fps: 5.0                     # frames per second captured (0 = as fast as a file/folder/scene can be read)
-      frames: 0                    # stop after this many frames (0 = run until stopped)
-      start_at_ns: 0               # capture schedule origin, ns since the Unix epoch (0 = node start)
+      frames: 0                    # stop at frame N of the schedule (0 = run until stopped); a resumed schedule
+                                   # counts the frames captured before the restart
+      start_at_ns: 0               # capture schedule origin, ns since the Unix epoch (0 = node start). Given, a
+                                   # restarted node (same spool, uri, fps) resumes the schedule after its last
+                                   # spooled frame instead of replaying a file/folder/scene from the start
       loop: false                  # files/folders: start again at the end instead of finishing
+      file_timeline: native        # video files: native = capture i takes the frame at i/fps of the file's own
+                                   # clock (a 60 fps file at fps 2: every 30th frame); sequential = the next frame
+      max_side: 0                  # downscale (INTER_AREA, aspect kept) images whose long side exceeds this, before
+                                   # coding (0 = off); give every camera of a group the same value
       read_timeout_s: 5.0          # a read longer than this means the source hangs: it is reopened
       open_timeout_s: 20.0         # same for opening (RTSP handshakes can be slow)
       reopen_backoff_s: 0.5        # first wait before reopening a hung/dead source; doubles up to the max
@@ -58,6 +65,7 @@ from mvic.shared.model_table import PAPER_LAMBDAS
 
 POLICIES = ("latest", "every")
 WHEN_FULL = ("drop-oldest", "block")
+FILE_TIMELINES = ("native", "sequential")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _HOST_PORT = re.compile(r"^(unix:\S+|\S+:\d{1,5})$")  # host:port, [v6]:port, dns:///host:port, unix:/path
 
@@ -93,6 +101,8 @@ class SourceConfig:
     frames: int = 0
     start_at_ns: int = 0
     loop: bool = False
+    file_timeline: str = "native"
+    max_side: int = 0
     read_timeout_s: float = 5.0
     open_timeout_s: float = 20.0
     reopen_backoff_s: float = 0.5
@@ -103,6 +113,10 @@ class SourceConfig:
         _require(0 <= self.fps <= 1000, "source.fps", f"must be 0..1000 frames/s, got {self.fps}")
         _require(self.frames >= 0, "source.frames", f"must be >= 0 (0 = unlimited), got {self.frames}")
         _require(self.start_at_ns >= 0, "source.start_at_ns", f"must be >= 0 ns, got {self.start_at_ns}")
+        _require(self.file_timeline in FILE_TIMELINES, "source.file_timeline",
+                 f"must be one of {', '.join(FILE_TIMELINES)}, got {self.file_timeline!r}")
+        _require(self.max_side == 0 or 8 <= self.max_side <= 65535, "source.max_side",
+                 f"must be 0 (off) or 8..65535 pixels, got {self.max_side}")
         _require(self.read_timeout_s > 0, "source.read_timeout_s", f"must be > 0 s, got {self.read_timeout_s}")
         _require(self.open_timeout_s > 0, "source.open_timeout_s", f"must be > 0 s, got {self.open_timeout_s}")
         _require(self.reopen_backoff_s > 0, "source.reopen_backoff_s", f"must be > 0 s, got {self.reopen_backoff_s}")

@@ -12,8 +12,14 @@ A source is anything with the small ``Source`` protocol below. ``open_source(uri
     a file                a video file (OpenCV/FFmpeg)
 
 Every source returns RGB ``uint8`` images of shape ``(H, W, 3)``; ``read`` returns ``None`` at the end of a finite
-source. A live source never ends: a failed read there means the source is dead, and capture reopens it. Finite
-sources remember their position, so a reopen after an error goes on where it stopped.
+source. A live source never ends: a failed read there means the source is dead, and capture reopens it.
+
+Finite sources count captures: each ``read`` is one capture, and ``seek(i)`` makes the next read capture i (a
+restarted node resumes its schedule this way). A folder or the scene gives one item per capture. A video file with a
+known frame rate is sampled on its own timeline (``source.file_timeline: native``): capture i takes the frame shown
+at ``i / fps`` seconds, skipping frames with ``grab()`` or seeking when the skip is long, so ``--fps 2`` on a 60 fps
+file takes every 30th frame; ``sequential`` (or an unknown rate, or fps 0) takes the next frame. Finite sources
+remember their position, so a reopen after an error goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from mvic.shared.scene import Scene, SceneConfig
 
 log = logging.getLogger(__name__)
 
+SEEK_AFTER_FRAMES = 100  # a skip longer than this seeks instead of decoding the frames in between
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SYNTHETIC_CAMERA = re.compile(r"^C(\d+)$")
 
@@ -47,7 +54,9 @@ class Source(Protocol):
 
     def read(self) -> np.ndarray | None: ...
 
-    def rewind(self) -> None: ...
+    def rewind(self) -> None: ...  # finite sources: back to capture 0 (loop)
+
+    def seek(self, index: int) -> None: ...  # finite sources: the next read is capture ``index``
 
     def close(self) -> None: ...
 
@@ -61,6 +70,17 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale ``image`` (H, W, C) so its long side is at most ``max_side`` (INTER_AREA, aspect ratio kept);
+    returned as is when it already fits or ``max_side`` is 0."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 wants (width, height)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 class SyntheticSource:
@@ -89,6 +109,9 @@ class SyntheticSource:
 
     def rewind(self) -> None:
         self._position = 0
+
+    def seek(self, index: int) -> None:
+        self._position = index
 
     def close(self) -> None:
         """The scene is kept: rendering state is pure, and building it again costs time."""
@@ -126,21 +149,32 @@ class ImageFolderSource:
     def rewind(self) -> None:
         self._position = 0
 
+    def seek(self, index: int) -> None:
+        self._position = index
+
     def close(self) -> None:
         self._files = []
 
 
 class VideoSource:
-    """A video file, a network stream or a webcam, through OpenCV (FFmpeg / V4L2 backends)."""
+    """A video file, a network stream or a webcam, through OpenCV (FFmpeg / V4L2 backends).
 
-    def __init__(self, uri: str, *, live: bool, open_timeout_s: float = 20.0, read_timeout_s: float = 5.0):
+    ``sample_fps`` (files only): > 0 samples the file on its own timeline at that rate when the file reports its
+    frame rate; 0 reads consecutive frames."""
+
+    def __init__(self, uri: str, *, live: bool, open_timeout_s: float = 20.0, read_timeout_s: float = 5.0,
+                 sample_fps: float = 0.0):
         self.uri = uri
         self.live = live
         self.name = f"{'stream' if live else 'video'} {uri}"
+        self.sample_fps = 0.0 if live else sample_fps
         self._open_timeout_ms = int(open_timeout_s * 1000)
         self._read_timeout_ms = int(read_timeout_s * 1000)
         self._capture: cv2.VideoCapture | None = None
-        self._position = 0  # frames read from a file, to resume after a reopen
+        self._position = 0  # file: the next capture index, to resume after a reopen or a restart
+        self._next_frame = 0  # file: the frame the decoder gives next
+        self._step = 0.0  # file frames per capture on the native timeline; 0 = one frame per capture
+        self._last: np.ndarray | None = None  # file: the image of frame _next_frame - 1
 
     def open(self) -> None:
         target: str | int = int(self.uri) if self.uri.isdigit() else self.uri
@@ -152,22 +186,63 @@ class VideoSource:
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"OpenCV cannot open {self.name}; check the path/URL, codec support and permissions")
-        if not self.live and self._position:
-            capture.set(cv2.CAP_PROP_POS_FRAMES, self._position)
         self._capture = capture
+        self._next_frame = 0
+        self._last = None
+        if not self.live and self.sample_fps:
+            native = capture.get(cv2.CAP_PROP_FPS)
+            if 0 < native <= 10_000:
+                self._step = native / self.sample_fps
+            elif not self._step:
+                log.warning("%s reports no frame rate (%r); reading consecutive frames, one per capture",
+                            self.name, native)
+
+    def frame_of(self, index: int) -> int:
+        """The file frame that capture ``index`` takes: the one shown at ``index / sample_fps`` s (native timeline),
+        or frame ``index`` (sequential)."""
+        return int(index * self._step + 1e-6) if self._step else index
 
     def read(self) -> np.ndarray | None:
         assert self._capture is not None, "open() first"
+        if not self.live:
+            frame = self.frame_of(self._position)
+            if frame == self._next_frame - 1 and self._last is not None:  # fps above the file's: taken again
+                self._position += 1
+                return self._last
+            if not self._skip_to(frame):
+                return None
         ok, image = self._capture.read()
         if not ok or image is None:
             if self.live:
                 raise SourceError(f"{self.name} delivered no frame; the stream is down or the camera unplugged")
             return None
+        self._next_frame += 1
         self._position += 1
-        return to_rgb(image)
+        rgb = to_rgb(image)
+        self._last = None if self.live else rgb
+        return rgb
+
+    def _skip_to(self, frame: int) -> bool:
+        """Position the decoder at ``frame``: grab() the frames in between, or seek for a long or backward skip.
+        False at the end of the file."""
+        gap = frame - self._next_frame
+        if gap < 0 or gap > SEEK_AFTER_FRAMES:
+            if self._capture.set(cv2.CAP_PROP_POS_FRAMES, frame):
+                self._next_frame = frame
+                return True
+            if gap < 0:  # capture reopens the file, which starts again at frame 0
+                raise SourceError(f"{self.name} cannot seek back to frame {frame}")
+        for _ in range(gap):
+            if not self._capture.grab():
+                return False
+            self._next_frame += 1
+        return True
 
     def rewind(self) -> None:
         self._position = 0
+
+    def seek(self, index: int) -> None:
+        self._position = index
 
     def close(self) -> None:
         if self._capture is not None:
@@ -199,5 +274,6 @@ def open_source(config: SourceConfig, camera: str) -> Source:
     if path.is_dir():
         return ImageFolderSource(path)
     if path.is_file():
-        return VideoSource(uri, live=False, open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s)
+        return VideoSource(uri, live=False, open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s,
+                           sample_fps=config.fps if config.file_timeline == "native" else 0.0)
     raise SourceError(f"source {uri!r} is neither a file, a folder, a webcam index nor a URL")

@@ -6,7 +6,7 @@ Hop after: ``mvic.node.link.Link`` reads packets in sequence order, sends them, 
 Layout, one folder per camera (``<dir>/<camera>/``)::
 
     00000000000000000042-1732284000123456789.mvic   sequence (20 digits) - capture_ns; the packed bitstream
-    state.json                                      {"last_sequence": N, "acked_sequence": M, ...}
+    state.json                                      {"last_sequence": N, "acked_sequence": M, "schedule": ...}
     .lock                                           flock'ed by the running node; a second node for the camera fails
 
 Durability: a packet is written to ``name.part``, fsync'ed, renamed, and the folder fsync'ed before ``put`` returns,
@@ -19,6 +19,11 @@ and deleted (``state.json`` is written before a deletion could remove the highes
 match the node's model and weights), and a packet that fails is deleted with an ERROR (reason "corrupt" or
 "stale_model"). When the server's Welcome reports a higher acked sequence than the node knows (the spool was
 wiped), the numbering jumps above it.
+
+Capture position: ``state.json`` also names the capture schedule of the run (``schedule``, from
+``mvic.node.capture.schedule_key``), the last sequence before it began and the highest ``capture_ns`` spooled under
+it. Opened with the same schedule, ``resumed_capture_ns`` is the newest of that and the schedule's packets still on
+disk, and capture goes on after it; a packet is never deleted before ``state.json`` covers its capture time.
 
 Bounded in bytes (``max_bytes``), with an explicit policy when a new packet does not fit:
     drop-oldest (default)  the oldest unacked packets are deleted until it fits; counted as
@@ -51,7 +56,7 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d{20})-(\d{1,20})\.mvic$")
 STATE_FILE = "state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class SpoolError(RuntimeError):
@@ -94,7 +99,7 @@ class Spool:
     """Durable, byte-bounded, sequence-ordered store of unacked packets for one camera. Thread-safe."""
 
     def __init__(self, root: str | Path, camera: str, max_bytes: int, when_full: str, metrics: NodeMetrics,
-                 keep: Callable[[ViewHeader], str | None] | None = None):
+                 keep: Callable[[ViewHeader], str | None] | None = None, schedule: dict | None = None):
         if when_full not in ("drop-oldest", "block"):
             raise ValueError(f"when_full must be 'drop-oldest' or 'block', got {when_full!r}")
         self.folder = Path(root) / camera
@@ -110,6 +115,11 @@ class Spool:
         self._reserved = 0  # highest sequence handed out
         self._persisted_last = 0  # last_sequence in state.json
         self._acked = 0
+        self._schedule = schedule  # the capture schedule of this run (None: nothing to resume)
+        self._schedule_since = 0  # packets above this sequence belong to it
+        self._last_capture = 0  # highest capture_ns spooled under it
+        self._persisted_capture = 0
+        self.resumed_capture_ns: int | None = None  # set by open(): where the previous run left the schedule
         self._lock_fd: int | None = None
         self._full_drops = 0
         self._full_logged_at = 0.0
@@ -152,6 +162,11 @@ class Spool:
                 found.append((int(m.group(1)), int(m.group(2)), path))
         found.sort()
         self._reserved = max([last, self._acked] + [seq for seq, _, _ in found])
+        same = self._schedule is not None and state.get("schedule") == self._schedule
+        self._schedule_since = int(state.get("schedule_since_sequence", 0)) if same else self._reserved
+        self._last_capture = int(state.get("last_capture_ns", 0)) if same else 0
+        self._last_capture = max([self._last_capture] + [c for seq, c, _ in found if seq > self._schedule_since])
+        self.resumed_capture_ns = self._last_capture or None
         self._write_state()  # before any deletion below can remove the highest sequence
         for seq, capture_ns, path in found:
             why, reason = self._check(path, seq)
@@ -198,9 +213,11 @@ class Spool:
 
     def _write_state(self) -> None:
         state = {"version": STATE_VERSION, "camera": self.camera, "last_sequence": self._reserved,
-                 "acked_sequence": self._acked}
+                 "acked_sequence": self._acked, "schedule": self._schedule,
+                 "schedule_since_sequence": self._schedule_since, "last_capture_ns": self._last_capture}
         write_durable(self.folder / STATE_FILE, json.dumps(state, sort_keys=True).encode())
         self._persisted_last = self._reserved
+        self._persisted_capture = self._last_capture
 
     # ------------------------------------------------------------------------------ encoder side
     def next_sequence(self) -> int:
@@ -232,6 +249,7 @@ class Spool:
             self._seqs.insert(index, sequence)
             self._packets[sequence] = packet
             self._bytes += packet.size
+            self._last_capture = max(self._last_capture, capture_ns)
             self._update_gauges()
             self._cond.notify_all()
         return True
@@ -320,12 +338,12 @@ class Spool:
             return self.ack(acked_sequence)
 
     def _remove(self, sequence: int) -> SpooledPacket:
-        """Forget and delete one packet (lock held). state.json first when this is the highest sequence on disk."""
-        if sequence > self._persisted_last:
-            self._write_state()
-        index = bisect.bisect_left(self._seqs, sequence)
-        del self._seqs[index]
+        """Forget and delete one packet (lock held). state.json first when it does not cover the packet's sequence
+        or capture time yet."""
         packet = self._packets.pop(sequence)
+        if sequence > self._persisted_last or packet.capture_ns > self._persisted_capture:
+            self._write_state()
+        del self._seqs[bisect.bisect_left(self._seqs, sequence)]
         self._bytes -= packet.size
         (self.folder / packet.filename).unlink(missing_ok=True)
         return packet

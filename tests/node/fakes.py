@@ -1,4 +1,5 @@
-"""Test doubles for the node: a scripted frame source and a tiny in-process fusion server on loopback.
+"""Test doubles for the node: a scripted frame source, a video file whose frames show their own number, and a tiny
+in-process fusion server on loopback.
 
 The fake server speaks mvic.v1 through the generated stubs only (never mvic.fusion_server): it answers a Hello with a
 Welcome carrying the highest sequence it "stored" for the camera, stores each ViewPacket, acks it cumulatively, and
@@ -13,6 +14,7 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 
+import cv2
 import grpc
 import numpy as np
 
@@ -32,6 +34,7 @@ class ScriptedSource:
         self.opens = 0
         self.closes = 0
         self.reads = 0
+        self.seeks: list[int] = []
 
     def open(self) -> None:
         self.opens += 1
@@ -51,8 +54,31 @@ class ScriptedSource:
     def rewind(self) -> None:
         pass
 
+    def seek(self, index: int) -> None:
+        self.seeks.append(index)
+
     def close(self) -> None:
         self.closes += 1
+
+
+BITS, BLOCK = 8, 16  # write_indexed_video: frame k shows k in binary, 8 blocks of 16 px, white = 1
+
+
+def write_indexed_video(path, n: int, fps: float, fourcc: str) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (BITS * BLOCK, BLOCK))
+    assert writer.isOpened()
+    for k in range(n):
+        image = np.zeros((BLOCK, BITS * BLOCK, 3), np.uint8)
+        for bit in range(BITS):
+            if k >> bit & 1:
+                image[:, bit * BLOCK:(bit + 1) * BLOCK] = 255
+        writer.write(image)
+    writer.release()
+
+
+def frame_number(image: np.ndarray) -> int:
+    blocks = image.reshape(BLOCK, BITS, BLOCK, 3).mean(axis=(0, 2, 3))  # (BITS,) mean of each block
+    return sum(1 << bit for bit in range(BITS) if blocks[bit] > 127)
 
 
 @dataclass

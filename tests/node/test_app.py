@@ -55,10 +55,22 @@ def test_frames_arrive_once_decodable_and_stamped_on_schedule(tmp_path, weights)
         assert app.metrics.value("mvic_node_frames_encoded_total") == 3
         assert app.metrics.value("mvic_node_encode_seconds_count") == 3
 
-        # node restart: the numbering continues after the acked sequences
-        again = NodeApp(node_config(tmp_path, server.target, weights, **{"source.frames": 2}))
+        # node restart on the same schedule: capture resumes at frame 3 (not frame 0 with old timestamps), the
+        # numbering continues after the acked sequences, and --frames 5 ends the schedule at frame 5
+        again = NodeApp(node_config(tmp_path, server.target, weights, **{"source.frames": 5}))
         assert again.run() == 0
+        assert again.capture.captured == 2
         assert sorted(stored) == [1, 2, 3, 4, 5]
+        times = [unpack(stored[s].bitstream).header.capture_ns for s in (1, 2, 3, 4, 5)]
+        assert times == [START + i * 20_000_000 for i in range(5)]
+
+        # a third start on the finished schedule captures nothing; a new --start-at starts at frame 0 again
+        done = NodeApp(node_config(tmp_path, server.target, weights, **{"source.frames": 5}))
+        assert done.run() == 0 and done.capture.captured == 0 and sorted(stored) == [1, 2, 3, 4, 5]
+        fresh = NodeApp(node_config(tmp_path, server.target, weights, **{"source.frames": 1,
+                                                                         "source.start_at_ns": START + 10**9}))
+        assert fresh.run() == 0
+        assert unpack(stored[6].bitstream).header.capture_ns == START + 10**9
     finally:
         server.stop()
 
@@ -73,11 +85,11 @@ def test_node_restart_with_the_server_down_resends_its_spool(tmp_path, weights):
     assert first.spool.pending == 3
     server.start()
     try:
-        second = NodeApp(node_config(tmp_path, server.target, weights, **{"source.frames": 1}))
+        second = NodeApp(node_config(tmp_path, server.target, weights, **{"source.frames": 4}))
         assert second.run() == 0
         assert sorted(server.store.packets["C2"]) == [1, 2, 3, 4]
         frame_times = [server.store.packets["C2"][s].capture_ns for s in (1, 2, 3, 4)]
-        assert frame_times[:3] == [START + i * 20_000_000 for i in range(3)] and frame_times[3] == START
+        assert frame_times == [START + i * 20_000_000 for i in range(4)]  # the schedule resumed at frame 3
     finally:
         server.stop()
 

@@ -6,21 +6,22 @@ import threading
 
 import pytest
 
-from mvic.node.capture import Capture
+from mvic.node.capture import Capture, resume_index, schedule_key
 from mvic.node.config import SourceConfig
 from mvic.node.handoff import FrameHandoff
 from mvic.node.metrics import NodeMetrics
-from tests.node.fakes import ScriptedSource
+from mvic.node.sources import open_source
+from tests.node.fakes import ScriptedSource, frame_number, write_indexed_video
 
 FAST = dict(read_timeout_s=0.2, open_timeout_s=0.2, reopen_backoff_s=0.01, reopen_backoff_max_s=0.05)
 
 
-def run_capture(source, config: SourceConfig, policy="every", start_at=0, clock=None):
+def run_capture(source, config: SourceConfig, policy="every", start_at=0, clock=None, first_index=0):
     metrics = NodeMetrics("C1")
     handoff = FrameHandoff(policy, 1000, metrics)
     stop = threading.Event()
     kwargs = {"clock": clock} if clock else {}
-    capture = Capture(source, handoff, config, metrics, stop, start_at_ns=start_at, **kwargs)
+    capture = Capture(source, handoff, config, metrics, stop, start_at_ns=start_at, first_index=first_index, **kwargs)
     thread = threading.Thread(target=capture.run)
     thread.start()
     thread.join(10)
@@ -121,3 +122,42 @@ def test_stop_does_not_wait_for_a_hung_read():
     thread.join(2)
     assert not thread.is_alive()  # stopped within 2 s although the read hangs for 3 s and the timeout is 10 s
     assert handoff.finished
+
+
+def test_frames_larger_than_max_side_are_downscaled_before_the_handoff():
+    source = ScriptedSource(["ok", "ok", "end"], shape=(40, 100, 3))
+    _, frames, _ = run_capture(source, SourceConfig(fps=0, max_side=50, **FAST))
+    assert [f.image.shape for f in frames] == [(20, 50, 3)] * 2
+
+
+def test_resumed_schedule_continues_index_timestamps_and_video_frames(tmp_path):
+    path = tmp_path / "cam.avi"
+    write_indexed_video(path, 96, 30.0, "MJPG")  # frame k shows k
+    start = 1_700_000_000_000_000_000
+    config = SourceConfig(uri=str(path), fps=2.0, start_at_ns=start, frames=5, **FAST)
+    source = open_source(config, "C1")
+    last_spooled = start + 2 * 500_000_000  # the previous run spooled frames 0..2
+    first = resume_index(last_spooled, start, config.fps)
+    assert first == 3
+    capture, frames, _ = run_capture(source, config, start_at=start, first_index=first, clock=lambda: start + 10**12)
+    assert [f.index for f in frames] == [3, 4]  # --frames 5 ends the schedule at frame 5, not 5 frames later
+    assert [f.capture_ns for f in frames] == [start + 1_500_000_000, start + 2_000_000_000]
+    assert [frame_number(f.image) for f in frames] == [45, 60]  # the file's frames at 1.5 s and 2 s
+    assert capture.captured == 2 and capture.finished_naturally
+
+
+def test_schedule_key_only_for_explicit_schedules_of_finite_sources():
+    config = SourceConfig(uri="cam1.mp4", fps=2.0, start_at_ns=5)
+    assert schedule_key(config, live=False) == {"uri": "cam1.mp4", "start_at_ns": 5, "fps": 2.0,
+                                                "file_timeline": "native"}
+    assert schedule_key(config, live=True) is None  # a live source has nothing to resume
+    assert schedule_key(SourceConfig(fps=2.0), live=False) is None  # start_at = node start: a new schedule
+    assert schedule_key(SourceConfig(fps=0, start_at_ns=5), live=False) is None  # no schedule at fps 0
+    for fps in (2.0, 3.0, 29.97, 7.0):  # the inverse of the stamps start_at + round(i * 1e9 / fps)
+        assert [resume_index(5 + round(i * 1e9 / fps), 5, fps) for i in range(1000)] == list(range(1, 1001))
+
+
+def test_live_sources_ignore_a_resume_index():
+    source = ScriptedSource(["ok"] * 3 + ["error"], live=True)
+    _, frames, _ = run_capture(source, SourceConfig(fps=0, frames=2, **FAST), first_index=7)
+    assert [f.index for f in frames] == [0, 1]

@@ -23,6 +23,14 @@ def test_yaml_and_flags_combine(tmp_path):
     assert config.camera == "C2" and config.source.fps == 10.0 and config.source.synthetic.height == 64
     assert config.encode.rate == 3 and config.encode.policy == "every"  # the flag wins over the file
     assert config.spool.max_bytes == 1 << 20
+    assert config.source.file_timeline == "native" and config.source.max_side == 0  # the defaults
+
+
+def test_timeline_and_resize_flags_override_yaml(tmp_path):
+    path = write(tmp_path, "camera: C1\nsource: {file_timeline: native, max_side: 640}\n")
+    args = build_parser().parse_args(["--config", str(path), "--file-timeline", "sequential", "--max-side", "1280"])
+    config = config_from_args(args)
+    assert config.source.file_timeline == "sequential" and config.source.max_side == 1280
 
 
 @pytest.mark.parametrize("text, key", [
@@ -31,6 +39,9 @@ def test_yaml_and_flags_combine(tmp_path):
     ("camera: C1\nspool: {when_full: explode}\n", "spool.when_full"),
     ("camera: C1\nencode: {rate: fast}\n", "encode.rate"),
     ("camera: C1\nsource: {loop: 'yes'}\n", "source.loop"),
+    ("camera: C1\nsource: {file_timeline: realtime}\n", "source.file_timeline"),
+    ("camera: C1\nsource: {max_side: 4}\n", "source.max_side"),
+    ("camera: C1\nsource: {max_side: -1}\n", "source.max_side"),
     ("camera: C1\nlink: {backoff_initial_s: 5, backoff_max_s: 1}\n", "link.backoff_max_s"),
     ("camera: C1\nserver: nohostport\n", "server"),
     ("camera: C1\nbogus: 1\n", "bogus"),

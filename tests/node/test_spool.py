@@ -18,8 +18,10 @@ def packet(seq: int, size: int = 1000, camera: str = "C1", model_id: int = 0xF00
     return pack(ViewBitstream(header, (bytes([seq % 256]) * size,)))
 
 
-def open_spool(tmp_path, max_bytes=1 << 20, when_full="drop-oldest", keep=None, metrics=None) -> Spool:
-    spool = Spool(tmp_path / "spool", "C1", max_bytes, when_full, metrics or NodeMetrics("C1"), keep=keep)
+def open_spool(tmp_path, max_bytes=1 << 20, when_full="drop-oldest", keep=None, metrics=None,
+               schedule=None) -> Spool:
+    spool = Spool(tmp_path / "spool", "C1", max_bytes, when_full, metrics or NodeMetrics("C1"), keep=keep,
+                  schedule=schedule)
     spool.open()
     return spool
 
@@ -82,6 +84,55 @@ def test_numbering_continues_after_a_crash_without_close(tmp_path):
     os.close(spool._lock_fd)
     again = open_spool(tmp_path)
     assert again.next_sequence() == 4
+
+
+SCHEDULE = {"uri": "cam1.mp4", "start_at_ns": 1_000_000, "fps": 2.0, "file_timeline": "native"}
+
+
+def crash(spool: Spool) -> None:
+    """End a spool like a killed process: no close(), only the lock released."""
+    import os
+    os.close(spool._lock_fd)
+
+
+def test_capture_position_survives_restarts_for_the_same_schedule_only(tmp_path):
+    spool = open_spool(tmp_path, schedule=SCHEDULE)
+    assert spool.resumed_capture_ns is None  # a new schedule
+    fill(spool, 3)  # capture times 1_000_001 .. 1_000_003
+    spool.close()
+    again = open_spool(tmp_path, schedule=SCHEDULE)
+    assert again.resumed_capture_ns == 1_000_003 and again.sequences() == [1, 2, 3]
+    again.ack(3)  # every packet deleted: state.json still holds the capture time
+    crash(again)
+    third = open_spool(tmp_path, schedule=dict(SCHEDULE))
+    assert third.resumed_capture_ns == 1_000_003 and third.next_sequence() == 4
+    third.close()
+    for other in ({**SCHEDULE, "start_at_ns": 7}, {**SCHEDULE, "uri": "cam2.mp4"}, None):
+        moved = open_spool(tmp_path, schedule=other)
+        assert moved.resumed_capture_ns is None, other
+        moved.close()
+
+
+def test_capture_position_of_packets_spooled_just_before_a_crash(tmp_path):
+    spool = open_spool(tmp_path, schedule=SCHEDULE)
+    fill(spool, 2)
+    crash(spool)  # state.json was written at open only: the packet names tell how far capture went
+    again = open_spool(tmp_path, schedule=SCHEDULE)
+    assert again.resumed_capture_ns == 1_000_002
+    assert fill(again, 1) == [3]
+    again.ack(3)  # deleting packet 3 writes state.json first, since it does not cover 1_000_003 yet
+    crash(again)
+    assert open_spool(tmp_path, schedule=SCHEDULE).resumed_capture_ns == 1_000_003
+
+
+def test_packets_of_an_earlier_schedule_do_not_count(tmp_path):
+    spool = open_spool(tmp_path, schedule={**SCHEDULE, "start_at_ns": 9})
+    fill(spool, 2)  # unacked, left in the spool
+    spool.close()
+    new = open_spool(tmp_path, schedule=SCHEDULE)
+    assert new.resumed_capture_ns is None and new.sequences() == [1, 2]
+    crash(new)
+    assert open_spool(tmp_path, schedule=SCHEDULE).resumed_capture_ns is None
 
 
 def test_bounded_drop_oldest_counts_and_keeps_newest(tmp_path):
