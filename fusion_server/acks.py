@@ -93,4 +93,4 @@ class AckJournal:
         self._groups.update(groups or {})
         body = {"version": JOURNAL_VERSION, "cameras": dict(sorted(self._acked.items())),
                 "groups": dict(sorted(self._groups.items()))}
-        write_atomic(self.path, (json.dumps(body, indent=1) + "\n").encode())
+        write_atomic(self.path, (json.dumps(body, indent=1) + "\n").encode(), durable=True)

@@ -4,7 +4,7 @@ Hop before: the decode stage returns a ``GroupResult`` (one reconstructed image 
 Hop after: once ``FrameSinks.write`` returns, the frames are durable and the core acknowledges them
 (``acks.AckTracker`` / ``acks.AckJournal``); the live page (``live.LiveView``) shows the newest ones.
 
-* PNG: ``out/<camera>/<sequence, 10 digits>.png`` (or ``<capture_ns>.png``), written atomically, so a file is
+* PNG: ``out/<camera>/<sequence, 10 digits>.png`` (or ``<capture_ns>.png``), written atomically and fsynced, so a file is
   whole or absent; a frame decoded again after a crash replaces its file with identical content.
 * Video: one ``out/<camera>.mp4`` per camera (OpenCV VideoWriter, mp4v), frames appended in decode order, which is
   capture order; a frame whose size differs from the first is resized. A video file is complete only after
@@ -56,7 +56,7 @@ class FrameSinks:
                 if not ok:
                     raise OSError(f"PNG encoding failed for {frame.source.camera_id}#{frame.source.sequence}")
                 src = frame.source
-                write_atomic(self.png_path(src.camera_id, src.sequence, src.capture_ns), data.tobytes())
+                write_atomic(self.png_path(src.camera_id, src.sequence, src.capture_ns), data.tobytes(), durable=True)
             if self.video:
                 self._append_video(frame.source.camera_id, bgr)
 
