@@ -24,9 +24,10 @@ if [ "${1:-}" = "--status" ]; then
 fi
 minutes=$1; shift
 mkdir -p data/scenes runs
+textures=(); [ -d corpus/photos ] && textures=(--textures corpus/photos)  # real photos on the scene's surfaces
 for s in $(seq 0 15); do  # 16 seeded plazas x 24 timestamps x 7 cameras, rendered in parallel
   [ -d "data/scenes/s$s" ] || python3 -m mvic.shared.scene -o "data/scenes/s$s" --frames 24 --cameras 7 \
-    --size 288x512 --seed "$s" >/dev/null &
+    --size 288x512 --seed "$s" "${textures[@]}" >/dev/null &
 done
 wait
 for cfg in "$@"; do

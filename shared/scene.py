@@ -40,6 +40,7 @@ class SceneConfig:
     fps: float = 5.0
     plaza: float = 10.0  # half-size of the ground square, m
     fov_deg: tuple[float, float] = (55.0, 75.0)  # horizontal field of view range
+    textures: str = ""  # folder of photographs (e.g. the mvic-corpus output) for the building, wall and objects
 
     def __post_init__(self):
         if not 1 <= self.cameras <= 64:
@@ -117,13 +118,41 @@ def _photos() -> dict[str, np.ndarray]:
     }
 
 
+@lru_cache(maxsize=2)
+def _texture_pool(root: str) -> tuple[np.ndarray, ...]:
+    """Every photograph under ``root`` (jpg/png), RGB, long side at most 640 px."""
+    files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise FileNotFoundError(f"no .jpg/.png photographs under {root}; build them with `mvic-corpus build -o DIR`")
+    pool = []
+    for path in files:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise OSError(f"cannot read texture {path}")
+        scale = min(1.0, 640 / max(bgr.shape[:2]))
+        if scale < 1:
+            bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        pool.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return tuple(pool)
+
+
+def _scene_photos(config: SceneConfig) -> dict:
+    """The bundled scikit-image photos, or with ``config.textures`` a seeded draw from that folder's photographs."""
+    photos = _photos()
+    if not config.textures:
+        return photos
+    pool = _texture_pool(str(Path(config.textures).resolve()))
+    pick = np.random.default_rng([config.seed, 7]).choice(len(pool), size=8, replace=len(pool) < 8)
+    return {**photos, "wall": pool[pick[0]], "building": pool[pick[1]], "objects": [pool[i] for i in pick[2:]]}
+
+
 class Scene:
     """A seeded plaza with moving boxes and K cameras; ``render(frame)`` gives the K views of one timestamp."""
 
     def __init__(self, config: SceneConfig = SceneConfig()):
         self.config = config
         rng = np.random.default_rng(config.seed)
-        photos = _photos()
+        photos = _scene_photos(config)
         L = config.plaza
         self.static = [
             Quad(np.array([-2 * L, -2 * L, 0.0]), np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), 4 * L, 4 * L,
@@ -288,11 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects", type=int, default=6, help="moving boxes (default %(default)s)")
     p.add_argument("--fps", type=float, default=5.0, help="frame rate of the motion and the videos")
     p.add_argument("--video", action="store_true", help="one .mp4 per camera instead of PNG frames")
+    p.add_argument("--textures", default="", metavar="DIR",
+                   help="photographs for the building, wall and objects (e.g. corpus/photos from mvic-corpus)")
     args = p.parse_args(argv)
     try:
         h, w = (int(s) for s in args.size.lower().split("x"))
         config = SceneConfig(seed=args.seed, cameras=args.cameras, height=h, width=w, objects=args.objects,
-                             fps=args.fps)
+                             fps=args.fps, textures=args.textures)
     except ValueError as exc:
         p.error(f"bad scene settings: {exc}")
     paths = write_scene(config, args.frames, args.output, video=args.video)

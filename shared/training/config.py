@@ -17,6 +17,7 @@ class DataConfig:
     cameras: int = 7  # synthetic: cameras per scene
     frames: int = 200  # synthetic: timestamps per scene
     scenes: int = 4  # synthetic: scenes (seeds seed .. seed+scenes-1)
+    textures: str = ""  # synthetic: photographs to texture the scene with (e.g. corpus/photos)
     height: int = 270  # synthetic: view size
     width: int = 480
     k_min: int = 1  # views per training group, drawn per batch

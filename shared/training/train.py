@@ -70,7 +70,7 @@ def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.T
 
 def make_source(d: DataConfig, seed: int) -> GroupSource:
     if d.kind == "synthetic":
-        scene = SceneConfig(seed=seed, cameras=d.cameras, height=d.height, width=d.width)
+        scene = SceneConfig(seed=seed, cameras=d.cameras, height=d.height, width=d.width, textures=d.textures)
         return SyntheticGroups(scene, d.frames, d.scenes)
     if d.kind == "folder":
         if any(c in d.root for c in "*?["):  # many folders of the generic layout, e.g. one per scene

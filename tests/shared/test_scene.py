@@ -50,3 +50,15 @@ def test_cli_writes_the_generic_layout(tmp_path, capsys):
     assert files == [f"C{c}/{f:06d}.png" for c in (1, 2, 3) for f in (0, 1)]
     assert cv2.imread(str(tmp_path / "C2" / "000001.png")).shape == (40, 64, 3)
     assert "3 cameras x 2 frames" in capsys.readouterr().out
+
+
+def test_textures_from_a_photo_folder_change_the_scene_deterministically(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"p{i}.jpg"), rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    base = SceneConfig(seed=5, cameras=2, height=48, width=64)
+    textured = SceneConfig(seed=5, cameras=2, height=48, width=64, textures=str(tmp_path))
+    a, b = Scene(textured).render(0), Scene(textured).render(0)
+    assert np.array_equal(a, b) and not np.array_equal(a, Scene(base).render(0))
+    with pytest.raises(FileNotFoundError, match="mvic-corpus"):
+        Scene(SceneConfig(seed=5, cameras=2, height=48, width=64, textures=str(tmp_path / "none")))
