@@ -213,10 +213,22 @@ def _run_model_name(run_dir: Path) -> str:
 
 
 def export_run(run_dir: Path, out: Path) -> str:
-    """Export a run's (or a pieces folder's) weights as a shipped-weights file (CDF tables updated); its sha256."""
+    """Export a run's (or a pieces folder's) weights as a shipped-weights file (CDF tables updated); its sha256.
+
+    Beside it, ``<out>.record.json`` holds the registry record (name, file, sha256, model, metric, recipe) to add to
+    ``shared/codec/weights/records.json`` once the weights are measured (mvic-eval fills ``measured``).
+    """
     model = LDMIC(spec_by_name(_run_model_name(run_dir)))
     model.load_state_dict(load_state(run_dir), strict=True)
-    return export_weights(model.eval(), out)
+    digest = export_weights(model.eval(), out)
+    meta = run_dir / "checkpoint.json"
+    info = json.loads(meta.read_text()) if meta.is_file() else {}
+    config = info.get("config", {})
+    record = {"name": out.stem, "file": out.name, "sha256": digest, "model": model.spec.name,
+              "metric": config.get("optim", {}).get("metric", "mse"), "measured": [],
+              "recipe": f"mvic-train run {run_dir.name}, step {info.get('step', '?')}, config {json.dumps(config)}"}
+    out.with_name(out.name + ".record.json").write_text(json.dumps(record, indent=1) + "\n")
+    return digest
 
 
 def export_pieces(run_dir: Path, out_dir: Path, max_mib: float = 16) -> list[Path]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from mvic.shared.codec.registry import load_model
+from mvic.shared.codec.registry import load_model, sha256_of
 from mvic.shared.training.config import load_config
 from mvic.shared.training.data import FolderGroups, GroupBatcher
 from mvic.shared.training.train import main
@@ -72,6 +73,8 @@ def test_short_run_learns_resumes_and_exports(tmp_path):
     assert [int(r["step"]) for r in _rows(run)][-6:] == [40, 41, 42, 43, 44, 45]  # resumed, not restarted
     weights = tmp_path / "w.safetensors"
     assert main(["--run", str(run), "--export", str(weights)]) == 0
+    record = json.loads((tmp_path / "w.safetensors.record.json").read_text())
+    assert record["sha256"] == sha256_of(weights) and record["model"] == "test-tiny-fast" and "step 45" in record["recipe"]
     model = load_model(weights)
     view = model.compress_view(np.zeros((64, 64, 3), np.uint8), 2)
     assert model.decompress([view])[0].image.shape == (64, 64, 3)
