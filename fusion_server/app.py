@@ -1,12 +1,14 @@
 """The orchestrator: one start order, the reverse stop order, one stop event from ``main``.
 
 Start: metrics endpoint -> core (ack journal, sink and timeout tasks) -> gRPC server with health NOT_SERVING ->
-live page -> model load (on a thread; health turns SERVING and streams are taken once it is in memory).
+live page -> model load (on a thread; plus a CPU copy for the entropy workers when decoding on a GPU) -> decode
+pipeline; health turns SERVING and streams are taken once it is in memory.
 Stop (SIGTERM/SIGINT in ``cli.main`` set the stop event): health NOT_SERVING -> core drain (open groups decoded,
-written, acked; streams told to reconnect) -> gRPC server stop -> live page -> core pools and sinks -> metrics.
+written, acked; streams told to reconnect) -> gRPC server stop -> live page -> core (decode pipeline, sinks) ->
+metrics.
 
-The data path itself is receive (``servicer``) -> group (``grouper``) -> joint decode (``decoder``) -> sink
-(``sinks``) -> ack (``acks``), wired by ``core.FusionCore``.
+The data path itself is receive (``servicer``) -> group (``grouper``) -> joint decode (``decoder``: entropy on CPU
+workers, batched synthesis on the device) -> sink (``sinks``) -> ack (``acks``), wired by ``core.FusionCore``.
 """
 
 from __future__ import annotations
@@ -93,10 +95,14 @@ class FusionApp:
             torch.set_num_threads(c.decode.torch_threads)
         log.info("loading model %s on %s", c.model, device)
         model = await asyncio.to_thread(self._model_loader, device)
-        self.core.attach_decoder(GroupDecoder(model))
+        # Entropy decoding runs on CPU workers: with a GPU for synthesis they get a CPU copy of the same weights.
+        entropy_model = model if device == "cpu" else await asyncio.to_thread(self._model_loader, "cpu")
+        self.core.attach_decoder(GroupDecoder(model, entropy_model))
         self.metrics.model_loaded.set(1)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("model %s (weights %s) loaded on %s: serving", model.spec.name, model.weights_hash.hex(), device)
+        log.info("model %s (weights %s) loaded: entropy decoding on %d CPU worker(s), synthesis on %s in batches of "
+                 "up to %d groups: serving", model.spec.name, model.weights_hash.hex(), c.decode.workers, device,
+                 c.decode.max_batch)
 
     async def stop(self) -> None:
         """Reverse order; safe after a partial start."""

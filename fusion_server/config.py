@@ -20,7 +20,10 @@ Errors name the key path (``grouping.tolerance_ms``) so an operator can find the
       away_wait_ms: 5000.0         # a camera that dropped its stream (or every camera after a restart) is
                                    # awaited this long: its backlog still joins the others' views
     decode:
-      workers: 2                   # groups decoded at the same time (entropy decoding on CPU threads)
+      workers: 2                   # CPU threads entropy-decoding groups at the same time (a CPU copy of the model
+                                   # when the device is a GPU)
+      max_batch: 4                 # groups of one shape (views, size) synthesized together in one device pass;
+                                   # the device takes what is ready, it never waits for a batch to fill
       max_inflight_groups: 8       # groups between the grouper and the ack; more makes streams wait
       torch_threads: 0             # torch intra-op threads (0 = torch's default)
     sinks:
@@ -66,6 +69,7 @@ class GroupingConfig:
 @dataclass(frozen=True)
 class DecodeConfig:
     workers: int = 2
+    max_batch: int = 4
     max_inflight_groups: int = 8
     torch_threads: int = 0
 
@@ -132,6 +136,7 @@ def validate(c: ServerConfig) -> None:
     _need(0 <= g.away_wait_ms <= 600_000, "grouping.away_wait_ms", "must be 0..600000")
     d = c.decode
     _need(1 <= d.workers <= 64, "decode.workers", "must be 1..64")
+    _need(1 <= d.max_batch <= 64, "decode.max_batch", "must be 1..64")
     _need(d.max_inflight_groups >= d.workers, "decode.max_inflight_groups", "must be >= decode.workers")
     _need(d.torch_threads >= 0, "decode.torch_threads", "must be >= 0")
     _need(c.sinks.png_name in PNG_NAMES, "sinks.png_name", f"one of {', '.join(PNG_NAMES)}")

@@ -6,10 +6,10 @@ Hop after: events in each camera's ``session.Session`` outbox, which the service
 
 Inside, in order: ``receive`` checks a packet (size, duplicate, bitstream, model) and admits it to the camera group's
 ``grouper.Grouper``; ready groups take one of ``max_inflight_groups`` slots (streams wait when all are taken: the
-explicit backpressure policy, nodes spool meanwhile) and are decoded on the decode pool (``decoder.GroupDecoder``);
-one sink task takes the results in emission order, writes them (``sinks.FrameSinks``, own thread), records them in
-the ack journal (``acks.AckJournal``) and only then pushes the cumulative Ack. Everything except the pools runs on
-one asyncio loop, so the grouper and trackers need no locks.
+explicit backpressure policy, nodes spool meanwhile) and are decoded by ``decoder.DecodePipeline`` (entropy decoding
+on CPU workers, then batched synthesis on the device); one sink task takes the results in emission order, writes
+them (``sinks.FrameSinks``, own thread), records them in the ack journal (``acks.AckJournal``) and only then pushes
+the cumulative Ack. Everything except the pools runs on one asyncio loop, so the grouper and trackers need no locks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mvic.fusion_server.acks import AckJournal, AckTracker
 from mvic.fusion_server.config import ServerConfig
-from mvic.fusion_server.decoder import GroupDecoder
+from mvic.fusion_server.decoder import DecodePipeline, GroupDecoder
 from mvic.fusion_server.errors import (
     BadHelloError,
     DecodeFailedError,
@@ -58,6 +58,7 @@ class FusionCore:
         self.sinks = FrameSinks(config.out, png=config.sinks.png, png_name=config.sinks.png_name,
                                 video=config.sinks.video, video_fps=config.sinks.video_fps)
         self._decoder: GroupDecoder | None = None
+        self._pipeline: DecodePipeline | None = None
         self._sessions: dict[str, Session] = {}
         self._trackers: dict[str, AckTracker] = {}
         self._durable: dict[str, int] = {}  # acked sequence per camera as last written to the journal
@@ -65,7 +66,6 @@ class FusionCore:
         self._slots = asyncio.Semaphore(config.decode.max_inflight_groups)
         self._queue: asyncio.Queue[tuple[ViewGroup, asyncio.Future[GroupResult]]] = asyncio.Queue()
         self._journal_lock = asyncio.Lock()
-        self._decode_pool = ThreadPoolExecutor(config.decode.workers, thread_name_prefix="mvic-decode")
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="mvic-sink")  # one writer: sinks are not shared
         self._tasks: list[asyncio.Task] = []
         self._accepting = True
@@ -84,6 +84,9 @@ class FusionCore:
     def attach_decoder(self, decoder: GroupDecoder) -> None:
         """Streams are taken from now on; cameras of the journal are awaited for away_wait_ms (they reconnect)."""
         self._decoder = decoder
+        d = self.config.decode
+        self._pipeline = DecodePipeline(decoder, self.metrics, workers=d.workers, max_batch=d.max_batch)
+        self._pipeline.start()
         now = time.monotonic()
         for camera in self._durable:
             self._grouper(self.journal.group_of(camera) or "").set_away(camera, now)
@@ -114,7 +117,8 @@ class FusionCore:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._decode_pool.shutdown(wait=True, cancel_futures=True)
+        if self._pipeline is not None:
+            await self._pipeline.stop()
         await asyncio.get_running_loop().run_in_executor(self._io_pool, self.sinks.close)
         self._io_pool.shutdown(wait=True)
 
@@ -257,11 +261,10 @@ class FusionCore:
 
     # ---------------------------------------------------------------------------------- group -> decode
     async def _dispatch(self, groups: list[ViewGroup]) -> None:
-        loop = asyncio.get_running_loop()
         for group in groups:
             await self._slots.acquire()  # backpressure: the calling stream waits for a free slot
             self.metrics.group_wait.observe(max(0.0, time.monotonic() - group.opened_s))
-            future = loop.run_in_executor(self._decode_pool, self._decoder.decode, group)
+            future = self._pipeline.submit(group)
             self._queue.put_nowait((group, future))
             self.metrics.inflight_groups.inc()
 
@@ -297,7 +300,6 @@ class FusionCore:
             log.exception("decoding group %s failed", group.cameras)
             result = GroupResult(group, (), tuple((v, DecodeFailedError(v.sequence, f"decoder error: {exc}"))
                                                   for v in group.views), 0.0)
-        self.metrics.decode_seconds.observe(result.decode_seconds)
         self.metrics.groups.labels("complete" if group.complete else "partial").inc()
         self.metrics.group_views.observe(len(group.views))
         start = time.perf_counter()

@@ -1,19 +1,31 @@
-"""Joint decoding of one group: group -> **joint decode** -> sink.
+"""Joint decoding of groups, in two stages: group -> **entropy decode (CPU) -> batched synthesis (device)** -> sink.
 
-Hop before: the grouper emits a ``ViewGroup`` (views of one timestamp, one per camera).
+Hop before: the grouper emits a ``ViewGroup`` (views of one timestamp, one per camera); the core submits it here.
 Hop after: the sink stage (``sinks.FrameSinks``) writes the ``GroupResult``'s frames; the core then acknowledges.
 
-``GroupDecoder.decode`` runs on a worker thread of the core's decode pool, several groups at a time: entropy decoding
-(rANS, CPU) of one group overlaps the synthesis of another on the device. The model is read-only after loading, so
-the threads share it. A view whose entropy decoding desynchronises is dropped and the others are decoded again
-jointly; any other failure of a joint decode falls back to decoding each view alone, so one bad view never costs
-the others their reconstruction.
+``DecodePipeline`` runs the stages:
+
+1. entropy decoding (rANS + the exact integer networks, ``LDMIC.entropy_decode``) of each group on one of
+   ``decode.workers`` CPU threads, with a CPU copy of the model when the decode device is a GPU (the exact path
+   gives the same symbols on every device). A view whose entropy decoding desynchronises is dropped and the others
+   are decoded again jointly; any other failure of a joint decode falls back to decoding each view alone.
+2. one device stage that takes the groups whose entropy decoding finished and synthesizes up to
+   ``decode.max_batch`` groups of one shape (views, padded size) in one ``LDMIC.synthesize`` call. It never waits
+   for a batch to fill: what is ready when the device is free goes together. A failed batch is retried group by
+   group, then view by view, so one bad view never costs the others their reconstruction.
+
+Both models are read-only after loading, so the threads share them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,13 +35,40 @@ from mvic.fusion_server.errors import (
     PacketModelMismatchError,
     PacketRejected,
 )
+from mvic.fusion_server.metrics import ServerMetrics
 from mvic.fusion_server.records import DecodedFrame, GroupResult, ReceivedView, ViewGroup
 from mvic.shared.bitstream import FORMAT_VERSION, ViewHeader
-from mvic.shared.codec.model import LDMIC
+from mvic.shared.codec.model import LDMIC, GroupLatents
 from mvic.shared.errors import BitstreamError, DesyncError, MVICError
 from mvic.shared.model_table import MODELS_BY_ID
 
 log = logging.getLogger(__name__)
+
+Failed = tuple[ReceivedView, PacketRejected]
+
+
+@dataclass(frozen=True)
+class ViewLatents:
+    """Views of one group and one padded size after entropy decoding: one unit of the device stage."""
+
+    views: tuple[ReceivedView, ...]
+    latents: GroupLatents  # rows in the order of ``views``
+
+
+@dataclass(frozen=True)
+class EntropyDecoded:
+    """A group after the CPU stage: one ``ViewLatents`` per padded size, and the views that failed for good."""
+
+    group: ViewGroup
+    parts: tuple[ViewLatents, ...]
+    failed: tuple[Failed, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Synthesized:
+    frames: tuple[DecodedFrame, ...]
+    failed: tuple[Failed, ...]
 
 
 def resolve_device(requested: str) -> str:
@@ -50,12 +89,20 @@ def resolve_device(requested: str) -> str:
 
 
 class GroupDecoder:
-    """The loaded model plus the checks a packet must pass before it may join a group."""
+    """The loaded models plus the checks a packet must pass before it may join a group.
 
-    def __init__(self, model: LDMIC):
+    ``model`` synthesizes on its device; ``entropy_model`` (default: ``model``) entropy-decodes, a CPU copy of the
+    same weights when ``model`` is on a GPU.
+    """
+
+    def __init__(self, model: LDMIC, entropy_model: LDMIC | None = None):
         if model.weights_hash is None:
             raise ValueError("the model has no weights hash; load it with mvic.shared.codec.registry.load_model")
+        entropy_model = entropy_model or model
+        if (entropy_model.spec, entropy_model.weights_hash) != (model.spec, model.weights_hash):
+            raise ValueError("the entropy-decoding model must be a copy of the synthesis model (same weights file)")
         self.model = model
+        self.entropy_model = entropy_model
         self.model_id = model.spec.model_id
         self.model_name = model.spec.name
         self.weights_hash: bytes = model.weights_hash
@@ -79,14 +126,34 @@ class GroupDecoder:
             )
 
     def decode(self, group: ViewGroup) -> GroupResult:
-        """Decode a group jointly; views that cannot be decoded come back in ``failed``."""
+        """Both stages for one group, on the calling thread (tools and tests; the server uses DecodePipeline)."""
+        entropy = self.entropy_decode(group)
         start = time.perf_counter()
-        pending = list(group.views)
-        failed: list[tuple[ReceivedView, PacketRejected]] = []
-        frames: list[DecodedFrame] = []
+        done = self.synthesize(entropy.parts)
+        seconds = entropy.seconds + time.perf_counter() - start
+        failed = [*entropy.failed, *(x for s in done for x in s.failed)]
+        return _result(group, [f for s in done for f in s.frames], failed, seconds)
+
+    # --------------------------------------------------------------------------------- stage 1: CPU worker
+    def entropy_decode(self, group: ViewGroup) -> EntropyDecoded:
+        """Entropy-decode a group's views jointly, per padded size; views that cannot be decoded come back failed."""
+        start = time.perf_counter()
+        by_size: dict[tuple[int, int], list[ReceivedView]] = {}
+        for view in group.views:
+            by_size.setdefault(view.view.header.padded_size, []).append(view)
+        parts: list[ViewLatents] = []
+        failed: list[Failed] = []
+        for views in by_size.values():
+            more, lost = self._entropy_decode(views)
+            parts += more
+            failed += lost
+        return EntropyDecoded(group, tuple(parts), tuple(failed), time.perf_counter() - start)
+
+    def _entropy_decode(self, views: list[ReceivedView]) -> tuple[list[ViewLatents], list[Failed]]:
+        pending, failed = list(views), []
         while pending:
             try:
-                decoded = self.model.decompress([v.view for v in pending])
+                latents = self.entropy_model.entropy_decode([v.view for v in pending])
             except DesyncError as exc:
                 bad = set(exc.failed) or set(range(len(pending)))
                 failed += [(pending[i], DecodeFailedError(pending[i].sequence, str(exc))) for i in sorted(bad)]
@@ -94,24 +161,146 @@ class GroupDecoder:
                 continue
             except (MVICError, RuntimeError, ValueError) as exc:
                 if len(pending) == 1:
-                    failed.append((pending[0], _as_rejection(pending[0], exc)))
-                    break
+                    return [], failed + [(pending[0], _as_rejection(pending[0], exc))]
                 log.warning("joint decode of %s failed (%s); decoding each view alone", _names(pending), exc)
+                parts = []
                 for view in pending:
-                    frames_one, failed_one = self._decode_alone(view)
-                    frames += frames_one
-                    failed += failed_one
-                break
-            frames += [DecodedFrame(v, d.image) for v, d in zip(pending, decoded)]
-            break
-        frames.sort(key=lambda f: f.source.camera_id)
-        return GroupResult(group, tuple(frames), tuple(failed), time.perf_counter() - start)
+                    more, lost = self._entropy_decode([view])
+                    parts += more
+                    failed += lost
+                return parts, failed
+            return [ViewLatents(tuple(pending), latents)], failed
+        return [], failed
 
-    def _decode_alone(self, view: ReceivedView) -> tuple[list[DecodedFrame], list[tuple[ReceivedView, PacketRejected]]]:
+    # ------------------------------------------------------------------------------ stage 2: device thread
+    def synthesize(self, parts: Sequence[ViewLatents]) -> list[Synthesized]:
+        """Synthesize several groups' latents in one call (batched by shape); one Synthesized per part, in order."""
+        if not parts:
+            return []
         try:
-            return [DecodedFrame(view, self.model.decompress([view.view])[0].image)], []
+            decoded = self.model.synthesize([p.latents for p in parts])
         except (MVICError, RuntimeError, ValueError) as exc:
-            return [], [(view, _as_rejection(view, exc))]
+            if len(parts) > 1:
+                log.warning("batched synthesis of %d groups failed (%s); synthesizing each alone", len(parts), exc)
+                return [self.synthesize([p])[0] for p in parts]
+            part = parts[0]
+            if len(part.views) == 1:
+                return [Synthesized((), ((part.views[0], _as_rejection(part.views[0], exc)),))]
+            log.warning("joint synthesis of %s failed (%s); synthesizing each view alone", _names(part.views), exc)
+            alone = [self.synthesize([ViewLatents((v,), part.latents.select([i]))])[0]
+                     for i, v in enumerate(part.views)]
+            return [Synthesized(tuple(f for s in alone for f in s.frames), tuple(x for s in alone for x in s.failed))]
+        return [Synthesized(tuple(DecodedFrame(v, d.image) for v, d in zip(p.views, views)), ())
+                for p, views in zip(parts, decoded)]
+
+
+@dataclass(eq=False)
+class _Job:
+    """One group between submit and its GroupResult; lives on the event loop only."""
+
+    entropy: EntropyDecoded
+    future: asyncio.Future[GroupResult]
+    remaining: int
+    frames: list[DecodedFrame] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, done: Synthesized, seconds: float) -> None:
+        self.frames += done.frames
+        self.failed += done.failed
+        self.seconds += seconds
+        self.remaining -= 1
+        if self.remaining <= 0 and not self.future.done():
+            e = self.entropy
+            self.future.set_result(_result(e.group, self.frames, [*e.failed, *self.failed], e.seconds + self.seconds))
+
+
+class DecodePipeline:
+    """Entropy decoding on ``workers`` CPU threads, then one device thread that synthesizes batches of groups.
+
+    ``submit`` is called on the event loop and returns a future of the group's GroupResult; the device stage runs
+    as a task on the same loop (``start`` / ``stop``), so the pending list needs no lock.
+    """
+
+    def __init__(self, decoder: GroupDecoder, metrics: ServerMetrics, *, workers: int, max_batch: int):
+        self.decoder = decoder
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self._entropy_pool = ThreadPoolExecutor(workers, thread_name_prefix="mvic-entropy")
+        self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="mvic-synthesis")
+        self._pending: deque[tuple[_Job, ViewLatents]] = deque()  # entropy-decoded, oldest first
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._device_loop(), name="mvic-synthesis")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._entropy_pool.shutdown(wait=True, cancel_futures=True)
+        self._device_pool.shutdown(wait=True)
+
+    def submit(self, group: ViewGroup) -> asyncio.Future[GroupResult]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[GroupResult] = loop.create_future()
+        work = self._entropy_pool.submit(self.decoder.entropy_decode, group)
+        work.add_done_callback(lambda w: loop.call_soon_threadsafe(self._entropy_done, w, future))
+        return future
+
+    def _entropy_done(self, work: Future[EntropyDecoded], future: asyncio.Future[GroupResult]) -> None:
+        if future.done():
+            return
+        if work.cancelled():  # the pipeline is stopping
+            future.cancel()
+            return
+        if work.exception() is not None:
+            future.set_exception(work.exception())
+            return
+        entropy = work.result()
+        self.metrics.decode_seconds.labels("entropy").observe(entropy.seconds)
+        job = _Job(entropy, future, len(entropy.parts))
+        if not entropy.parts:
+            job.add(Synthesized((), ()), 0.0)  # every view failed: nothing for the device
+            return
+        self._pending.extend((job, part) for part in entropy.parts)
+        self._wakeup.set()
+
+    def _next_batch(self) -> list[tuple[_Job, ViewLatents]]:
+        """The oldest ready part and up to max_batch - 1 younger ones of its shape, in order."""
+        shape = self._pending[0][1].latents.shape
+        batch, rest = [], deque()
+        for item in self._pending:
+            (batch if len(batch) < self.max_batch and item[1].latents.shape == shape else rest).append(item)
+        self._pending = rest
+        return batch
+
+    async def _device_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._next_batch()
+            start = time.perf_counter()
+            try:
+                done = await loop.run_in_executor(self._device_pool, self.decoder.synthesize, [p for _, p in batch])
+            except Exception as exc:  # a bug, not a bad view: fail these groups' views, keep serving the others
+                log.exception("synthesis of %d group(s) failed", len(batch))
+                done = [Synthesized((), tuple((v, DecodeFailedError(v.sequence, f"decoder error: {exc}"))
+                                              for v in part.views)) for _, part in batch]
+            seconds = time.perf_counter() - start
+            self.metrics.decode_seconds.labels("synthesis").observe(seconds)
+            self.metrics.decode_batch.observe(len(batch))
+            for (job, _), result in zip(batch, done):
+                job.add(result, seconds)
+
+
+def _result(group: ViewGroup, frames: list[DecodedFrame], failed: list[Failed], seconds: float) -> GroupResult:
+    frames = sorted(frames, key=lambda f: f.source.camera_id)
+    return GroupResult(group, tuple(frames), tuple(failed), seconds)
 
 
 def _as_rejection(view: ReceivedView, exc: Exception) -> PacketRejected:
@@ -121,5 +310,5 @@ def _as_rejection(view: ReceivedView, exc: Exception) -> PacketRejected:
     return DecodeFailedError(view.sequence, message)
 
 
-def _names(views: list[ReceivedView]) -> str:
+def _names(views: Sequence[ReceivedView]) -> str:
     return ", ".join(f"{v.camera_id}#{v.sequence}" for v in views)

@@ -1,9 +1,10 @@
 """Prometheus metrics of the fusion server, declared once per registry.
 
 Every stage reports here: receive (packets, bytes, rejections, duplicates), group (waits, sizes), joint decode
-(seconds), sink (write seconds, errors), ack (latency). Names have the ``mvic_server_`` prefix and base units;
-labels come from bounded sets only: ``camera`` (at most ``max_cameras`` values), ``reason`` (the PacketRejected
-kinds), ``outcome`` (complete / partial).
+(seconds per ``stage``: entropy, synthesis; groups per device batch), sink (write seconds, errors), ack (latency).
+Names have the ``mvic_server_`` prefix and base units; labels come from bounded sets only: ``camera`` (at most
+``max_cameras`` values), ``reason`` (the PacketRejected kinds), ``outcome`` (complete / partial), ``stage``
+(``DECODE_STAGES``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 REJECT_REASONS = ("malformed", "too_large", "model_mismatch", "decode_failed", "out_of_order")
+DECODE_STAGES = ("entropy", "synthesis")
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 
 
 class ServerMetrics:
@@ -34,8 +37,13 @@ class ServerMetrics:
                                      12, 16), registry=registry)
         self.group_wait = Histogram(p + "group_wait_seconds", "First view of a group to its decode start",
                                     buckets=LATENCY_BUCKETS, registry=registry)
-        self.decode_seconds = Histogram(p + "decode_seconds", "Joint decoding of one group",
+        self.decode_seconds = Histogram(p + "decode_seconds", "Decode stages: entropy (one group, CPU worker), "
+                                        "synthesis (one batch of groups, device)", ["stage"],
                                         buckets=LATENCY_BUCKETS, registry=registry)
+        for stage in DECODE_STAGES:
+            self.decode_seconds.labels(stage)  # both series exist from the start
+        self.decode_batch = Histogram(p + "decode_batch_groups", "Groups synthesized together in one device pass",
+                                      buckets=BATCH_BUCKETS, registry=registry)
         self.write_seconds = Histogram(p + "write_seconds", "Writing one group's reconstructions",
                                        buckets=LATENCY_BUCKETS, registry=registry)
         self.ack_latency = Histogram(p + "ack_latency_seconds", "Packet received to its ack (server clock)",

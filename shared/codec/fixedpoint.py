@@ -23,6 +23,7 @@ device from the same float32 weights. Two evaluation paths (``Backend.NATIVE`` =
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from dataclasses import dataclass
 from enum import Enum
@@ -58,13 +59,54 @@ class ExactOptions:
     channels_last: bool = False
 
 
-@contextlib.contextmanager
-def exact_mode() -> Iterator[None]:
-    """Disable convolution algorithms that are not plain multiply-adds (cuDNN FFT/Winograd, oneDNN)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-        with torch.backends.cudnn.flags(enabled=False), torch.backends.mkldnn.flags(enabled=False):
+class _BackendOff:
+    """Holds one process-wide torch backend flag off while any thread is inside; the last one out restores it.
+
+    torch's own ``flags()`` context managers save and restore the global flag per call, so threads that interleave
+    them (a server's entropy workers) can leave it off for good.
+    """
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved = True
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._inside == 0:
+                self._saved = self._backend.enabled
+                self._backend.enabled = False
+            self._inside += 1
+        try:
             yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0:
+                    self._backend.enabled = self._saved
+
+
+_CUDNN_OFF = _BackendOff(torch.backends.cudnn)
+_ONEDNN_OFF = _BackendOff(torch.backends.mkldnn)
+
+
+@contextlib.contextmanager
+def exact_mode(device: torch.device | str | None = None) -> Iterator[None]:
+    """Disable convolution algorithms that are not plain multiply-adds (cuDNN FFT/Winograd, oneDNN).
+
+    ``device``: where the exact networks run; only its backend is switched off (None: both), so CPU entropy decoding
+    never turns cuDNN off under a GPU synthesis running beside it.
+    """
+    kind = None if device is None else torch.device(device).type
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        if kind != "cpu":
+            stack.enter_context(_CUDNN_OFF())
+        if kind in (None, "cpu"):
+            stack.enter_context(_ONEDNN_OFF())
+        yield
 
 
 def to_fixed(x: Tensor) -> Tensor:

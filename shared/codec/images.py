@@ -41,7 +41,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
-def to_image(x: Tensor, height: int, width: int) -> np.ndarray:
-    """(3, Hp, Wp) float -> (height, width, 3) uint8, cropped and rounded as the metrics expect."""
-    x = x[:, :height, :width].clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
-    return x.permute(1, 2, 0).cpu().numpy()
+def to_pixels(x: Tensor) -> np.ndarray:
+    """(..., 3, Hp, Wp) float in [0, 1] -> (..., Hp, Wp, 3) uint8 on the host, rounded as the metrics expect.
+
+    Converted where x lives, then copied to the host once (a whole batch of views in one transfer).
+    """
+    x = x.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    return x.movedim(-3, -1).cpu().numpy()
+
+
+def crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(Hp, Wp, 3) -> (height, width, 3): drop the padding, as an array of its own."""
+    return np.ascontiguousarray(pixels[:height, :width])

@@ -5,9 +5,11 @@ Hop after: ``compress_view`` -> ``ViewBitstream`` -> ``mvic.shared.bitstream.pac
 ``decompress(views)`` -> ``DecodedView`` images for the sinks.
 
 Encoder (one view, CPU): x -> g_a -> y * gain_y[q] -> h_a -> z * gain_z[q] -> rANS(z) -> h_s (exact) ->
-context model (exact) -> rANS(y). Decoder (any K >= 1 views of one group, any device): rANS(z) -> h_s -> context
-model -> y_hat per view (exactly the encoder's), then y_hat * y_inverse[q] -> JCT -> synthesis half 1 -> JCT ->
-synthesis half 2, with the views as a tensor dimension (B, V, C, H, W).
+context model (exact) -> rANS(y). Decoder (any K >= 1 views of one group, any device), in two stages that
+``decompress`` chains and a server may run apart: ``entropy_decode`` (rANS(z) -> h_s -> context model -> y_hat per
+view, exactly the encoder's on every device, so a CPU copy of the model will do) -> ``GroupLatents`` ->
+``synthesize`` (y_hat * y_inverse[q] -> JCT -> synthesis half 1 -> JCT -> synthesis half 2, with the views as a
+tensor dimension (B, V, C, H, W) and several groups of one shape on the batch axis B).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from mvic.shared.codec.fixedpoint import (
     to_fixed,
 )
 from mvic.shared.codec.gains import GAIN_BITS, RateGains
-from mvic.shared.codec.images import to_image, to_padded_tensor
+from mvic.shared.codec.images import crop, to_padded_tensor, to_pixels
 from mvic.shared.codec.jct import JointContextTransfer
 from mvic.shared.codec.transforms import (
     analysis,
@@ -72,11 +74,39 @@ class DecodedView:
 
 
 @dataclass(frozen=True)
-class _Latents:
+class ExactLatents:
+    """What the exact entropy model coded, one row per view: the same numbers on every device."""
+
     y_hat_fx: Tensor  # (B, M, h, w) exact, units 2**-FRAC_BITS, in the gained domain
     scales: Tensor  # (B, M, h, w) table scales the symbols were coded with
     means: Tensor  # (B, M, h, w)
     z_hat: Tensor  # (B, N, h/4, w/4) dequantized hyper latent (gained domain)
+
+
+@dataclass(frozen=True)
+class GroupLatents:
+    """Equal-size views of one group after ``entropy_decode``, ready for ``synthesize`` (maybe on another device).
+
+    The tensors stay where entropy decoding ran (a CPU copy of the model, say); ``synthesize`` moves what it needs.
+    """
+
+    headers: tuple[ViewHeader, ...]
+    latents: ExactLatents  # one row per view, in the order of ``headers``
+    rate_indexes: tuple[int, ...]
+    padded_size: tuple[int, int]  # (Hp, Wp), multiples of 64
+
+    @property
+    def shape(self) -> tuple[int, tuple[int, int]]:
+        """(views, padded size): groups of one shape are synthesized together."""
+        return len(self.headers), self.padded_size
+
+    def select(self, rows: Sequence[int]) -> GroupLatents:
+        """The same group restricted to some of its views (to synthesize a view alone, say)."""
+        rows = list(rows)
+        lat = self.latents
+        return GroupLatents(tuple(self.headers[i] for i in rows),
+                            ExactLatents(lat.y_hat_fx[rows], lat.scales[rows], lat.means[rows], lat.z_hat[rows]),
+                            tuple(self.rate_indexes[i] for i in rows), self.padded_size)
 
 
 class LDMIC(CompressionModel):
@@ -134,7 +164,7 @@ class LDMIC(CompressionModel):
         x_hat = self._synthesize(y_hat * RateGains.pick(self.gains.y_inverse, rate), b, v)
         return RDOutput(x_hat, lik_y.view(b, v, *lik_y.shape[1:]), lik_z.view(b, v, *lik_z.shape[1:]))
 
-    def _likelihood_y(self, y_hat: Tensor, lat: _Latents) -> Tensor:
+    def _likelihood_y(self, y_hat: Tensor, lat: ExactLatents) -> Tensor:
         gc = self.gaussian_conditional
         lik = gc._likelihood(y_hat, lat.scales.float(), lat.means.float())
         return gc.likelihood_lower_bound(lik) if gc.use_likelihood_bound else lik
@@ -162,12 +192,12 @@ class LDMIC(CompressionModel):
         return GaussianTables(CdfTable.of(gc), gc.scale_table.double(), float(gc.lower_bound_scale.bound))
 
     def _code_latents(self, y: Tensor | None, z: Tensor | None, rate: Tensor, session: CodingSession,
-                      opts: ExactOptions, y_size: tuple[int, int] | None = None) -> _Latents:
+                      opts: ExactOptions, y_size: tuple[int, int] | None = None) -> ExactLatents:
         """The one path that encoder, decoder and eval forward share. y, z: gained latents (None to decode)."""
-        with exact_mode():
+        with exact_mode(rate.device):
             return self._code_latents_exact(y, z, rate, session, opts, y_size)
 
-    def _code_latents_exact(self, y, z, rate, session, opts, y_size) -> _Latents:
+    def _code_latents_exact(self, y, z, rate, session, opts, y_size) -> ExactLatents:
         eb = self.entropy_bottleneck
         if y is not None:
             y_size = y.shape[-2:]
@@ -184,7 +214,7 @@ class LDMIC(CompressionModel):
         params_fx = run_layers(quantize_sequential(self.h_s), h_in.clamp(-ACT_LIMIT, ACT_LIMIT), opts)
         target = y.double() if y is not None else None
         coded = self.context.code(params_fx, target, session, self._gaussian_tables(), opts)
-        return _Latents(coded.y_hat_fx, coded.scales, coded.means, (z_sym + medians).float())
+        return ExactLatents(coded.y_hat_fx, coded.scales, coded.means, (z_sym + medians).float())
 
     # ---------------------------------------------------------------------------------------------- encoder
     @torch.no_grad()
@@ -212,34 +242,81 @@ class LDMIC(CompressionModel):
     def decompress(self, views: Sequence[ViewBitstream], opts: ExactOptions = ExactOptions()) -> list[DecodedView]:
         """Decode any number of views of one timestamp jointly; results are in the order given.
 
-        Views of different sizes are decoded in sub-groups of equal size. Raises ModelMismatchError for a view
-        coded with another model or other weights, DesyncError if entropy decoding went wrong for some views.
+        ``entropy_decode`` then ``synthesize``; views of different sizes are decoded in sub-groups of equal size.
+        Raises ModelMismatchError for a view coded with another model or other weights, DesyncError (``failed``:
+        positions in ``views``) if entropy decoding went wrong for some views.
         """
         if not views:
             raise GroupError("decompress needs at least one view")
-        for view in views:
-            self._check_compatible(view.header)
-            if len(view.streams) != 1:
-                raise CorruptBitstreamError(
-                    f"view {view.header.camera_id}#{view.header.sequence} holds {len(view.streams)} streams; "
-                    "this model codes one per view"
-                )
-        out: list[DecodedView | None] = [None] * len(views)
+        self._check_views(views)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, view in enumerate(views):
             by_size.setdefault(view.header.padded_size, []).append(i)
+        latents = []
         for members in by_size.values():
-            images = self._decode_group([views[i] for i in members], opts)
-            for i, img in zip(members, images):
-                out[i] = DecodedView(views[i].header, img)
+            try:
+                latents.append(self.entropy_decode([views[i] for i in members], opts))
+            except DesyncError as exc:
+                raise DesyncError(str(exc), [members[i] for i in exc.failed]) from None
+        out: list[DecodedView | None] = [None] * len(views)
+        for members, decoded in zip(by_size.values(), self.synthesize(latents)):
+            for i, view in zip(members, decoded):
+                out[i] = view
         return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def entropy_decode(self, views: Sequence[ViewBitstream], opts: ExactOptions = ExactOptions()) -> GroupLatents:
+        """Decoder stage 1, for equal-size views of one group: rANS + the exact hyper and context networks.
+
+        Runs on this model's device. The integers are the same on every device, so a CPU copy of the model (same
+        weights) may do this for a model that synthesizes on the GPU. Raises GroupError (no views, sizes differ),
+        ModelMismatchError, CorruptBitstreamError, DesyncError (``failed``: positions in ``views``).
+        """
+        if not views:
+            raise GroupError("entropy_decode needs at least one view")
+        self._check_views(views)
+        sizes = sorted({v.header.padded_size for v in views})
+        if len(sizes) > 1:
+            raise GroupError(f"entropy_decode needs views of one padded size, got {sizes}; decompress splits them")
+        lat = self._decode_latents(views, opts)
+        return GroupLatents(tuple(v.header for v in views), lat, tuple(v.header.rate_index for v in views), sizes[0])
+
+    @torch.no_grad()
+    def synthesize(self, batch: Sequence[GroupLatents]) -> list[list[DecodedView]]:
+        """Decoder stage 2: joint synthesis (JCT + g_s) of several groups on this model's device.
+
+        Groups of one shape (number of views, padded size) are stacked on the batch axis B and synthesized in one
+        pass; groups of different shapes in separate passes. One list of views per group, in the order given.
+        """
+        by_shape: dict[tuple[int, tuple[int, int]], list[int]] = {}
+        for i, group in enumerate(batch):
+            for header in group.headers:
+                self._check_compatible(header)
+            by_shape.setdefault(group.shape, []).append(i)
+        out: list[list[DecodedView]] = [[] for _ in batch]
+        for members in by_shape.values():
+            for i, views in zip(members, self._synthesize_groups([batch[i] for i in members])):
+                out[i] = views
+        return out
+
+    def _synthesize_groups(self, groups: Sequence[GroupLatents]) -> list[list[DecodedView]]:
+        """Groups of one shape in one pass; the one device -> host copy is the finished uint8 batch."""
+        device = self.gains.y_inverse.device
+        b, v = len(groups), len(groups[0].headers)
+        y_fx = [from_fixed(g.latents.y_hat_fx).float() for g in groups]  # B x (V, M, h, w), exact in float32
+        y_hat = torch.cat([_to_device(y, device) for y in y_fx])  # (B*V, M, h, w)
+        rate = _to_device(torch.tensor([q for g in groups for q in g.rate_indexes]), device)  # (B*V,)
+        x_hat = self._synthesize(y_hat * RateGains.pick(self.gains.y_inverse, rate), b, v)  # (B, V, 3, Hp, Wp)
+        pixels = to_pixels(x_hat)  # (B, V, Hp, Wp, 3) uint8 on the host
+        return [[DecodedView(h, crop(pixels[i, j], h.height, h.width)) for j, h in enumerate(g.headers)]
+                for i, g in enumerate(groups)]
 
     def decode_latents(self, views: Sequence[ViewBitstream], opts: ExactOptions = ExactOptions()) -> Tensor:
         """Entropy-decode equal-size views: (V, M, h, w) exact latents in units 2**-FRAC_BITS (for tests/tools)."""
         with torch.no_grad():
             return self._decode_latents(views, opts).y_hat_fx
 
-    def _decode_latents(self, views: Sequence[ViewBitstream], opts: ExactOptions) -> _Latents:
+    def _decode_latents(self, views: Sequence[ViewBitstream], opts: ExactOptions) -> ExactLatents:
         device = self.gains.y_gain.device
         hp, wp = views[0].header.padded_size
         rate = torch.tensor([v.header.rate_index for v in views], device=device)
@@ -256,13 +333,6 @@ class LDMIC(CompressionModel):
             )
         return lat
 
-    def _decode_group(self, views: Sequence[ViewBitstream], opts: ExactOptions) -> list[np.ndarray]:
-        lat = self._decode_latents(views, opts)
-        rate = torch.tensor([v.header.rate_index for v in views], device=lat.y_hat_fx.device)
-        y_hat = from_fixed(lat.y_hat_fx).float() * RateGains.pick(self.gains.y_inverse, rate)  # (V, M, h, w)
-        x_hat = self._synthesize(y_hat, 1, len(views))[0]  # (V, 3, Hp, Wp)
-        return [to_image(x_hat[i], v.header.height, v.header.width) for i, v in enumerate(views)]
-
     # ------------------------------------------------------------------------------------------- identity
     def _require_weights_hash(self) -> bytes:
         if self.weights_hash is None:
@@ -271,6 +341,15 @@ class LDMIC(CompressionModel):
                 "mvic.shared.codec.registry.load_model(...) or export it with registry.export_weights(...) first"
             )
         return self.weights_hash
+
+    def _check_views(self, views: Sequence[ViewBitstream]) -> None:
+        for view in views:
+            self._check_compatible(view.header)
+            if len(view.streams) != 1:
+                raise CorruptBitstreamError(
+                    f"view {view.header.camera_id}#{view.header.sequence} holds {len(view.streams)} streams; "
+                    "this model codes one per view"
+                )
 
     def _check_compatible(self, header: ViewHeader) -> None:
         who = f"view {header.camera_id}#{header.sequence}"
@@ -291,3 +370,12 @@ class LDMIC(CompressionModel):
             raise CorruptBitstreamError(
                 f"{who} asks for rate point {header.rate_index}; model {self.spec.name!r} has {self.spec.num_rates}"
             )
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Host -> GPU without waiting for the GPU (pinned, non-blocking); a no-op when t is there already."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import replace
 
+import cv2
 import grpc
+import numpy as np
 import pytest
 
 from mvic.fusion_server.acks import JOURNAL_NAME
 from mvic.fusion_server.sinks import FrameSinks
+from mvic.shared.bitstream import unpack
+from mvic.shared.codec.registry import load_model
 from mvic.shared.rpc import mvic_pb2 as pb
 from tests.fusion_server.conftest import CAMERAS
 from tests.fusion_server.harness import MiniNode, ServerThread, server_config
@@ -51,6 +56,48 @@ def test_three_cameras_every_frame_written_once_and_acked_after_write(server, en
     assert _metric(server, "mvic_server_groups_decoded_total", outcome="complete") == 6  # joint groups of 3
     for node in nodes.values():
         node.close()
+
+
+def test_groups_ready_together_are_synthesized_in_one_batch(tmp_path, weights, encoder, views):
+    """The device is held busy until every group is entropy-decoded: they then go in batches, same frames and acks."""
+    out = tmp_path / "out"
+    gate = threading.Event()
+
+    def loader(device):
+        model = load_model(weights, device=device)
+        synthesize = model.synthesize
+        model.synthesize = lambda batch: gate.wait(30) and synthesize(batch)
+        return model
+
+    srv = ServerThread(server_config(out, weights), model_loader=loader).start()
+    try:
+        nodes = {cam: MiniNode(srv.port, cam, encoder) for cam in CAMERAS}
+        for node in nodes.values():
+            node.welcome()
+        for i in range(6):
+            for cam, node in nodes.items():
+                node.send(*_packet(views[cam][i]))
+        deadline = time.time() + 30
+        while _metric(srv, "mvic_server_decode_seconds_count", stage="entropy") < 6 and time.time() < deadline:
+            time.sleep(0.02)
+        gate.set()
+        for cam, node in nodes.items():
+            assert node.wait_acked(6), f"{cam} acked only {node.acked}"
+            assert not node.packet_errors
+        batches = _metric(srv, "mvic_server_decode_batch_groups_count")
+        assert _metric(srv, "mvic_server_decode_batch_groups_sum") == 6
+        assert _metric(srv, "mvic_server_decode_batch_groups_bucket", le="1.0") < batches < 6  # some batch > 1
+        assert json.loads((out / JOURNAL_NAME).read_text())["cameras"] == {cam: 6 for cam in CAMERAS}
+        for i in range(6):
+            expected = encoder.decompress([unpack(views[cam][i][2]) for cam in CAMERAS])
+            for cam, ref in zip(CAMERAS, expected):
+                png = cv2.cvtColor(cv2.imread(str(out / cam / f"{i + 1:010d}.png")), cv2.COLOR_BGR2RGB)
+                assert np.abs(png.astype(np.int16) - ref.image).max() <= 1  # batching: at most one level
+        for node in nodes.values():
+            node.close()
+    finally:
+        gate.set()
+        srv.stop()
 
 
 def test_ack_never_precedes_the_written_file(tmp_path, weights, encoder, views):
