@@ -30,12 +30,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from mvic.shared.codec.images import psnr
+from mvic.shared.codec.images import psnr, read_rgb
 from mvic.shared.scene import Scene, SceneConfig
 
 DEMO_SEED = 2026  # a scene no training run uses (training: seeds 0..15, evaluation: >= 1000 below this)
@@ -65,13 +64,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _metrics(port: int) -> dict[str, float]:
-    """Prometheus text from a local /metrics -> {name{labels}: value}, samples summed over labels by name too."""
+def scrape_metrics(port: int) -> dict[str, float]:
+    """Prometheus text of 127.0.0.1:port/metrics -> {sample name (summed over labels) and name{labels}: value}."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out[sample.name] = out.get(sample.name, 0.0) + sample.value
+            if sample.labels:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}"] = sample.value
     return out
 
 
@@ -194,7 +196,7 @@ class Demo:
             for name, proc in self.procs:
                 if name in self.node_metrics and name not in done:
                     try:
-                        last[name] = _metrics(self.node_metrics[name])
+                        last[name] = scrape_metrics(self.node_metrics[name])
                     except OSError:
                         pass
                     if proc.poll() is not None:
@@ -245,7 +247,7 @@ def reconstruction_psnr(frames_dir: Path, scene: SceneConfig, start_at: int, fps
             index = round((int(png.stem) - start_at) * fps / 1e9)
             if index not in rendered:
                 rendered[index] = renderer.render(index)
-            recon = cv2.cvtColor(cv2.imread(str(png), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            recon = read_rgb(png)
             values.append(psnr(recon, rendered[index][k]))
     return (float(np.mean(values)) if values else float("nan")), len(values)
 
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.cameras} nodes capture {args.frames} frames each at {args.fps:g} fps from {source}")
         node_metrics = demo.run_nodes()
         seconds = time.time() - start_at / 1e9  # from the first scheduled capture to the last ack
-        server = _metrics(demo.server_metrics)
+        server = scrape_metrics(demo.server_metrics)
         if args.keep_open > 0:
             print(f"keeping the live page up for {args.keep_open:g} s ...")
             time.sleep(args.keep_open)

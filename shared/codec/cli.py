@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mvic.shared.bitstream import ViewBitstream, pack, unpack
-from mvic.shared.codec.images import psnr
+from mvic.shared.codec.images import psnr, read_rgb
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import default_weights, export_weights, load_model
 from mvic.shared.errors import MVICError, NoTrainedWeightsError
@@ -84,10 +84,7 @@ def _load(model_name: str, args) -> LDMIC:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise OSError(f"cannot read image {path}; give a PNG/JPEG/BMP/TIFF file")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return read_rgb(path, "give a PNG/JPEG/BMP/TIFF file")
 
 
 def _encode(args) -> int:

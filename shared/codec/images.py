@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -9,6 +12,14 @@ from torch import Tensor
 
 from mvic.shared.bitstream import MAX_SIDE, padding_for
 from mvic.shared.errors import ImageError
+
+
+def read_rgb(path: str | Path, advice: str = "") -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB; OSError naming the file (and ``advice``) when it cannot be read."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise OSError(f"cannot read image {path}{'; ' + advice if advice else ''}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def check_image(image: np.ndarray) -> None:

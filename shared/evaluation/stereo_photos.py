@@ -43,6 +43,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from mvic.shared.codec.images import read_rgb
 from mvic.shared.training import corpus
 
 MANIFEST = "manifest.json"
@@ -185,11 +186,7 @@ class StereoPhotoGroups:
     def group(self, index: int) -> np.ndarray:
         views = []
         for cam in self.cameras:
-            path = self.root / self.names[index] / f"{cam}.png"
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise OSError(f"cannot read {path}")
-            views.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            views.append(read_rgb(self.root / self.names[index] / f"{cam}.png"))
         if len({v.shape for v in views}) != 1:
             raise ValueError(f"group {self.names[index]}: views differ in size; rebuild with mvic-eval-data build")
         return np.stack(views)  # (V, H, W, 3)

@@ -24,7 +24,6 @@ import argparse
 import bz2
 import fnmatch
 import hashlib
-import io
 import json
 import subprocess
 import sys

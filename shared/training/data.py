@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from mvic.shared.codec.images import read_rgb
 from mvic.shared.scene import Scene, SceneConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -61,11 +62,7 @@ class FolderGroups:
         frame = self.frames[index]
         views = []
         for cam in self.cameras:
-            path = self.root / cam / self._suffix[cam][frame]
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise OSError(f"cannot read {path}")
-            views.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            views.append(read_rgb(self.root / cam / self._suffix[cam][frame]))
         if len({v.shape for v in views}) != 1:
             raise ValueError(f"frame {frame}: cameras have different image sizes; resize them to one size")
         return np.stack(views)

@@ -17,18 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mvic.shared.codec.images import read_rgb
 from mvic.shared.fileio import write_atomic
 
 WILDTRACK_CAMERAS = tuple(f"C{i}" for i in range(1, 8))
 WILDTRACK_TRAIN, WILDTRACK_TEST = 2000, 51
 CITYSCAPES_CROP = (64, 256, 128, 128)  # top, bottom, left, right
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise OSError(f"cannot read image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class _PathGroups:
@@ -44,7 +38,7 @@ class _PathGroups:
         return np.stack([self._load(p) for p in self.groups[index]])
 
     def _load(self, path: Path) -> np.ndarray:
-        return _read_rgb(path)
+        return read_rgb(path)
 
 
 class WildTrackFrames(_PathGroups):
@@ -104,7 +98,7 @@ class Cityscapes(_PathGroups):
 
     def _load(self, path: Path) -> np.ndarray:
         top, bottom, left, right = CITYSCAPES_CROP
-        img = _read_rgb(path)
+        img = read_rgb(path)
         return np.ascontiguousarray(img[top: img.shape[0] - bottom, left: img.shape[1] - right])
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mvic.shared.codec.images import read_rgb
+
 
 @dataclass(frozen=True)
 class WarpConfig:
@@ -120,10 +122,7 @@ class PhotoWarpGroups:
         if levels is not None:
             self._cache.move_to_end(photo)
             return levels
-        bgr = cv2.imread(str(self.files[photo]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise OSError(f"cannot read {self.files[photo]}; rebuild the corpus with `mvic-corpus build`")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        rgb = read_rgb(self.files[photo], "rebuild the corpus with `mvic-corpus build`")
         levels = [rgb, cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)]
         self._cache[photo] = levels
         if len(self._cache) > self._cache_size:

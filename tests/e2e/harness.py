@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
+
+from mvic.shared.demo import free_port
+from mvic.shared.demo import scrape_metrics as scrape
 
 MODEL = "test-tiny-fast"
 HEIGHT, WIDTH = 64, 96  # synthetic views: small, so the tiny model codes a frame in milliseconds
@@ -29,25 +29,6 @@ SEED = 7
 CAMERAS = ("C1", "C2", "C3")
 START_TIMEOUT_S = 90.0  # a process imports torch: seconds each on two shared cores
 RUN_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Prometheus text of 127.0.0.1:port -> {sample name (summed over labels) and name{labels}: value}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[s.name] = out.get(s.name, 0.0) + s.value
-            if s.labels:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}"] = s.value
-    return out
 
 
 def capture_times(start_at_ns: int, frames: int, first: int = 0) -> set[int]:

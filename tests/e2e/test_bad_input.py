@@ -45,7 +45,7 @@ def _refusal(cam: RawCamera) -> grpc.RpcError:
 def test_malformed_packets_are_refused_alone(cluster, codec):
     server = cluster.start_server(cameras=("C1", "C2", "C3", PROBE), max_packet_bytes=MAX_PACKET)
     start_at = time.time_ns() + 4_000_000_000
-    node = cluster.start_node("C1", start_at_ns=start_at, frames=FRAMES)  # C2, C3 never come: C1 is decoded alone
+    cluster.start_node("C1", start_at_ns=start_at, frames=FRAMES)  # C2, C3 never come: C1 is decoded alone
     cluster.wait_server_ready()
 
     # refused at the handshake, each with its status; nothing is left behind at the server
