@@ -36,8 +36,8 @@ def max_message_bytes(max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> int:
     return max_packet_bytes + MESSAGE_OVERHEAD_BYTES
 
 
-def server_options(max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> tuple[tuple[str, int], ...]:
-    """Channel arguments for ``grpc.aio.server(options=...)``: bounded messages, keepalive both ways."""
+def _common_options(max_packet_bytes: int) -> tuple[tuple[str, int], ...]:
+    """Bounded messages and keepalive, the same on both ends."""
     limit = max_message_bytes(max_packet_bytes)
     return (
         ("grpc.max_receive_message_length", limit),
@@ -45,6 +45,12 @@ def server_options(max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> tuple[tu
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
+    )
+
+
+def server_options(max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> tuple[tuple[str, int], ...]:
+    """Channel arguments for ``grpc.aio.server(options=...)``: bounded messages, keepalive both ways."""
+    return _common_options(max_packet_bytes) + (
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 0),
     )
@@ -52,12 +58,4 @@ def server_options(max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> tuple[tu
 
 def channel_options(max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> tuple[tuple[str, int], ...]:
     """Channel arguments for a node's ``grpc.aio.insecure_channel(options=...)``."""
-    limit = max_message_bytes(max_packet_bytes)
-    return (
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    )
+    return _common_options(max_packet_bytes) + (("grpc.http2.max_pings_without_data", 0),)
