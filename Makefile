@@ -9,9 +9,11 @@ demo: setup
 	@$(PY) -W ignore::FutureWarning -m mvic.shared.demo
 
 test: setup
+	@bash scripts/test-tools.sh
 	@$(PY) -m pytest -q
 
 test-all: setup
+	@bash scripts/test-tools.sh
 	@$(PY) -m pytest -q -m "slow or not slow"
 
 bench: setup
