@@ -48,7 +48,7 @@ class Summary:
     captured: int
     sent: int
     decoded: int
-    lost: int
+    lost: int  # captured but never decoded
     mean_bpp: float
     psnr_db: float | None  # None when the sources are not known to the demo
     seconds: float
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary(
         cameras=args.cameras, frames_per_camera=args.frames,
         captured=sum(c for c, _ in node_totals), sent=sum(n for _, n in node_totals),
-        decoded=decoded, lost=args.cameras * args.frames - decoded,
+        decoded=decoded, lost=max(0, sum(c for c, _ in node_totals) - decoded),
         mean_bpp=8 * server.get("mvic_server_bitstream_bytes_total", 0) / max(1.0, server.get(
             "mvic_server_decoded_pixels_total", 0)),
         psnr_db=total_psnr, seconds=seconds, frames_per_second=decoded / max(seconds, 1e-9),
@@ -336,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
 def print_summary(s: Summary, compared: int) -> None:
     print("\nsummary")
     print(f"  cameras x frames        {s.cameras} x {s.frames_per_camera}")
-    print(f"  captured / sent         {s.captured} / {s.sent} views (sent counts resends)")
+    scheduled = s.cameras * s.frames_per_camera
+    ended = f" (the sources ended after {s.captured} of {scheduled})" if s.captured < scheduled else ""
+    print(f"  captured / sent         {s.captured} / {s.sent} views (sent counts resends){ended}")
     print(f"  decoded / lost          {s.decoded} / {s.lost}")
     print(f"  mean bpp                {s.mean_bpp:.4f} (real bitstream bytes, headers included)")
     if s.psnr_db is not None:

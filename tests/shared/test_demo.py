@@ -19,3 +19,16 @@ def test_demo_decodes_every_frame_and_reports(tiny_weights, tmp_path, capsys):
     assert summary["mean_bpp"] > 0 and 0 < summary["psnr_db"] < 60
     assert sorted(p.parent.name for p in (out / "frames").rglob("*.png")) == ["C1"] * 2 + ["C2"] * 2 + ["C3"] * 2
     assert "decoded / lost          6 / 0" in printed
+
+
+def test_wildtrack_folder_names_are_found_or_the_missing_camera_is_named(tmp_path):
+    import pytest
+
+    from mvic.shared.demo import wildtrack_videos
+
+    for n in (1, 2):
+        (tmp_path / f"cam{n}.mp4").write_bytes(b"")
+    (tmp_path / "C3.mp4").write_bytes(b"")
+    assert [p.name for p in wildtrack_videos(tmp_path, 3)] == ["cam1.mp4", "cam2.mp4", "C3.mp4"]
+    with pytest.raises(FileNotFoundError, match="camera C4"):
+        wildtrack_videos(tmp_path, 4)
