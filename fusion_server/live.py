@@ -115,6 +115,7 @@ class LiveView:
     def _stats(self, cam: _Camera, now: float) -> CameraStats:
         recent = [r for r in cam.recent if now - r[0] <= WINDOW_S]
         span = min(WINDOW_S, max(now - recent[0][0], 1e-3)) if len(recent) > 1 else 0.0
+        recent = recent or list(cam.recent)[-1:]  # a camera gone quiet shows its last frame's bpp and latency
 
         def mean(i: int) -> float:
             return round(sum(r[i] for r in recent) / len(recent), 6) if recent else 0.0
