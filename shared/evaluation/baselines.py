@@ -173,8 +173,8 @@ class Baseline:
 BASELINES: dict[str, Baseline] = {
     "jpeg": Baseline(jpeg, (10, 25, 45, 65, 85)),
     "webp": Baseline(webp, (10, 25, 45, 65, 85)),
-    "x265-intra-444": Baseline(x265_intra, (42, 37, 32, 27, 22), "libx265"),
-    "x265-video-444": Baseline(x265_video, (42, 37, 32, 27, 22), "libx265"),
+    "x265-intra-444": Baseline(x265_intra, (51, 46, 42, 37, 32, 27, 22), "libx265"),
+    "x265-video-444": Baseline(x265_video, (51, 46, 42, 37, 32, 27, 22), "libx265"),
     "av1-intra-444": Baseline(av1_intra, (60, 52, 44, 34, 24), "libaom-av1"),
     "vvc-intra-420": Baseline(vvc_intra, (52, 46, 40, 34, 28, 22), "libvvenc"),
     "jpegxl": Baseline(jpegxl, (15, 7, 4, 2.5, 1.5), "libjxl"),

@@ -27,7 +27,7 @@ from pytorch_msssim import ms_ssim
 from mvic.shared.bitstream import pack, unpack
 from mvic.shared.codec.registry import load_model
 from mvic.shared.evaluation import baselines as bl
-from mvic.shared.evaluation.bdrate import bd_rate
+from mvic.shared.evaluation.bdrate import bd_quality, bd_rate
 from mvic.shared.evaluation.stereo_photos import StereoPhotoGroups
 from mvic.shared.scene import SceneConfig
 from mvic.shared.training.config import DataConfig
@@ -97,36 +97,48 @@ def evaluate(model, groups: list[list[np.ndarray]], baselines: list[str]) -> lis
     return rows
 
 
-def bd_table(rows: list[RDRow], anchor: str = ANCHOR) -> dict[str, float]:
-    by = {}
+def _msssim_db(value: float) -> float:
+    return float(-10 * np.log10(max(1e-12, 1 - value)))
+
+
+QUALITY = {  # how a row's quality is read for each Bjontegaard table
+    "psnr": lambda r: r.psnr_db,
+    "ms-ssim-db": lambda r: _msssim_db(r.ms_ssim),  # -10 log10(1 - MS-SSIM), the usual dB form
+}
+
+
+def bd_table(rows: list[RDRow], anchor: str = ANCHOR) -> dict[str, dict[str, float]]:
+    """Bjontegaard figures of every codec against ``anchor`` and of joint vs separate decoding.
+
+    {"psnr": BD-rate %, "ms-ssim-db": BD-rate %, "bd-psnr-db": PSNR gain at equal rate}; NaN where the curves do
+    not overlap (in quality for BD-rate, in rate for BD-PSNR).
+    """
+    by: dict[str, list[RDRow]] = {}
     for r in rows:
         by.setdefault(r.codec, []).append(r)
-    out = {}
-    if anchor not in by:
-        return out
-    a = by[anchor]
-    for name, rs in by.items():
-        if name == anchor:
-            continue
-        try:
-            out[name] = bd_rate([r.bpp for r in a], [r.psnr_db for r in a], [r.bpp for r in rs],
-                                [r.psnr_db for r in rs])
-        except ValueError:
-            out[name] = float("nan")  # no overlap in quality
+    pairs = [(name, anchor) for name in by if name != anchor and anchor in by]
     if "mvic-joint" in by and "mvic-separate" in by:
-        j, s = by["mvic-joint"], by["mvic-separate"]
+        pairs.append(("joint-vs-separate", "mvic-separate"))
+    out: dict[str, dict[str, float]] = {key: {} for key in (*QUALITY, "bd-psnr-db")}
+    for name, ref in pairs:
+        test = by["mvic-joint" if name == "joint-vs-separate" else name]
+        ra, rt = [r.bpp for r in by[ref]], [r.bpp for r in test]
+        for key, quality in QUALITY.items():
+            try:
+                out[key][name] = bd_rate(ra, [quality(r) for r in by[ref]], rt, [quality(r) for r in test])
+            except ValueError:
+                out[key][name] = float("nan")
         try:
-            out["joint-vs-separate"] = bd_rate([r.bpp for r in s], [r.psnr_db for r in s], [r.bpp for r in j],
-                                               [r.psnr_db for r in j])
+            out["bd-psnr-db"][name] = bd_quality(ra, [r.psnr_db for r in by[ref]], rt, [r.psnr_db for r in test])
         except ValueError:
-            out["joint-vs-separate"] = float("nan")
+            out["bd-psnr-db"][name] = float("nan")
     return out
 
 
-def write_outputs(rows: list[RDRow], bd: dict[str, float], out: Path,
+def write_outputs(rows: list[RDRow], bd: dict[str, dict[str, float]], out: Path,
                   unavailable: dict[str, str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "bd_rate_percent": bd,
+    (out / "results.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "bjontegaard": bd,
                                                   "unavailable_baselines": unavailable or {}},
                                                  indent=1, allow_nan=True))
     with open(out / "results.csv", "w", newline="") as f:
@@ -191,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'codec':<16}{'setting':>8}{'bpp':>9}{'PSNR':>8}{'MS-SSIM':>9}{'enc s/view':>11}")
     for r in rows:
         print(f"{r.codec:<16}{r.setting:>8g}{r.bpp:>9.4f}{r.psnr_db:>8.2f}{r.ms_ssim:>9.4f}{r.encode_s_per_view:>11.3f}")
-    print("BD-rate vs " + ANCHOR + ": " + ", ".join(f"{k} {v:+.1f} %" for k, v in bd.items()))
+    print(f"Bjontegaard vs {ANCHOR} (joint-vs-separate: vs mvic-separate); PCHIP, NaN = no overlap")
+    print(f"{'codec':<20}{'BD-rate PSNR':>14}{'BD-rate MS-SSIM':>17}{'BD-PSNR dB':>12}")
+    for name in bd["psnr"]:
+        print(f"{name:<20}{bd['psnr'][name]:>+13.1f}%{bd['ms-ssim-db'][name]:>+16.1f}%"
+              f"{bd['bd-psnr-db'][name]:>+12.2f}")
     print(f"results in {args.output}/ (results.json, results.csv, rd.png)")
     return 0
 

@@ -76,4 +76,18 @@ def test_mvic_eval_end_to_end(tiny_weights, tmp_path, capsys):
     assert codecs == {"mvic-joint", "mvic-separate", "jpeg", "x265-intra-444"}
     assert all(r["bpp"] > 0 for r in res["rows"])
     assert (out / "rd.png").stat().st_size > 1000 and (out / "results.csv").is_file()
-    assert "BD-rate vs x265-intra-444" in capsys.readouterr().out
+    assert "Bjontegaard vs x265-intra-444" in capsys.readouterr().out
+
+
+def test_bjontegaard_tables_for_psnr_msssim_and_equal_rate():
+    from mvic.shared.evaluation.evaluate import ANCHOR, RDRow, bd_table
+
+    def curve(name, scale, db_shift, ssim_shift):  # same quality at `scale` x the anchor's rate
+        return [RDRow(name, i, scale * r, 30 + 3 * i + db_shift, 0.9 + 0.02 * i + ssim_shift, 0.0, 0.0)
+                for i, r in enumerate((0.1, 0.2, 0.4, 0.8))]
+
+    rows = curve(ANCHOR, 1.0, 0, 0) + curve("mvic-separate", 0.8, 0, 0) + curve("mvic-joint", 0.7, 0, 0)
+    bd = bd_table(rows)
+    assert set(bd) == {"psnr", "ms-ssim-db", "bd-psnr-db"} and ANCHOR not in bd["psnr"]
+    assert abs(bd["psnr"]["mvic-separate"] + 20) < 0.5 and abs(bd["ms-ssim-db"]["mvic-joint"] + 30) < 0.5
+    assert abs(bd["psnr"]["joint-vs-separate"] + 12.5) < 0.5 and bd["bd-psnr-db"]["mvic-joint"] > 0
