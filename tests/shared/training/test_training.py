@@ -114,3 +114,21 @@ def test_sources_mix_by_weight_and_glob_many_scene_folders(tmp_path):
     batches = make_batches(cfg, num_rates=5, seed=0)
     ks = [next(batches).images.shape[1] for _ in range(40)]
     assert 5 <= ks.count(2) <= 18 and ks.count(2) + ks.count(3) == 40  # ~1:3, one source per batch
+
+
+def test_rd_loss_mse_and_msssim_weigh_distortion_by_the_groups_lambda():
+    from mvic.shared.codec.model import RDOutput
+    from mvic.shared.training.train import rd_loss
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 2, 3, 192, 192)  # (B, V, 3, H, W); MS-SSIM's 5 scales need > 160 px
+    lik_y, lik_z = torch.full((2, 2, 4, 12, 12), 0.5), torch.full((2, 2, 4, 3, 3), 0.5)
+    lambdas, rate = torch.tensor([256.0, 4096.0]), torch.tensor([0, 1])
+    for metric in ("mse", "ms-ssim"):
+        near = rd_loss(RDOutput((x + 0.01 * torch.randn_like(x)).clamp(0, 1), lik_y, lik_z), x, rate, lambdas, metric)
+        far = rd_loss(RDOutput((x + 0.2 * torch.randn_like(x)).clamp(0, 1), lik_y, lik_z), x, rate, lambdas, metric)
+        assert far[0] > near[0] > near[1] > 0  # more distortion costs more; the rate term is in the loss
+        assert torch.isclose(near[1], far[1])  # same likelihoods, same bpp: (4*144 + 4*9) bits / (2 views * 192^2)
+        assert abs(float(near[1]) - (4 * 144 + 4 * 9) * 2 / (2 * 192 * 192)) < 1e-6
+    with pytest.raises(ValueError, match="metric"):
+        rd_loss(RDOutput(x, lik_y, lik_z), x, rate, lambdas, "l1")
