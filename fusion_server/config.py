@@ -39,16 +39,13 @@ Errors name the key path (``grouping.tolerance_ms``) so an operator can find the
 from __future__ import annotations
 
 import re
-import types
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_type_hints
-
-import yaml
+from typing import Any
 
 from mvic.fusion_server.errors import ConfigError
 from mvic.shared.bitstream import MAX_CAMERA_ID_BYTES
+from mvic.shared.config import build, read_yaml
 from mvic.shared.model_table import MODELS_BY_NAME
 from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, DEFAULT_PORT
 
@@ -103,13 +100,7 @@ class ServerConfig:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ServerConfig:
     """The one way to build a ServerConfig: YAML file (or defaults), then flat overrides, then validation."""
-    raw: Any = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read server config {path}: {exc}") from None
-    config = _build(ServerConfig, raw, "")
+    config = build(ServerConfig, read_yaml(path))
     if overrides:
         config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     validate(config)
@@ -154,43 +145,3 @@ def split_host_port(address: str) -> tuple[str, int]:
 def _need(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"server config: {key}: {message}")
-
-
-def _build(cls, raw: Any, path: str):
-    """Build dataclass cls from a YAML mapping, rejecting unknown keys and wrong types with the key path."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"server config: {path or 'top level'}: expected a mapping, got {type(raw).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        key = f"{path}.{unknown[0]}" if path else str(unknown[0])
-        raise ConfigError(f"server config: unknown key {key}; known here: {', '.join(sorted(known))}")
-    hints = get_type_hints(cls)
-    values = {}
-    for name, value in raw.items():
-        key = f"{path}.{name}" if path else name
-        values[name] = _convert(hints[name], value, key)
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, key: str) -> Any:
-    if is_dataclass(hint):
-        return _build(hint, value if value is not None else {}, key)
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"server config: {key}: expected a list, got {value!r}")
-        return tuple(_convert(typing.get_args(hint)[0], v, key) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"server config: {key}: unsupported type")  # no optional fields in this config
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"server config: {key}: expected true or false, got {value!r}")
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and value is None:
-        return ""
-    if not isinstance(value, hint) or isinstance(value, bool) and hint is not bool:
-        raise ConfigError(f"server config: {key}: expected {hint.__name__}, got {value!r}")
-    return value

@@ -1,8 +1,8 @@
 """The fusion server's errors: refused streams and rejected packets. Status codes are chosen in ``status.py`` only.
 
     MVICError (mvic.shared.errors)
+    ├── ConfigError (shared)          server.yaml or a flag that cannot be used (key path in the message)
     └── ServerError
-        ├── ConfigError               server.yaml or a flag that cannot be used (key path in the message)
         ├── NotReadyError             the model is still loading or the server is draining; retry later
         ├── StreamError               the stream breaks the protocol (no Hello first, a second Hello)
         ├── StreamReplacedError       the same camera opened a newer stream; this one ends
@@ -21,15 +21,12 @@
 
 from __future__ import annotations
 
+from mvic.shared.errors import ConfigError as ConfigError  # re-exported: config errors are the shared kind
 from mvic.shared.errors import MVICError
 
 
 class ServerError(MVICError):
     """Base class of the fusion server's own errors."""
-
-
-class ConfigError(ServerError, ValueError):
-    """A configuration value that cannot be used."""
 
 
 class NotReadyError(ServerError):

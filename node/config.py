@@ -53,14 +53,13 @@ key path (``source.fps``, ``spool.when_full``), so an operator can find the line
 from __future__ import annotations
 
 import re
-import types
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-import yaml
-
+from mvic.shared.config import build, read_yaml, set_dotted
+from mvic.shared.config import to_dict as to_dict  # re-exported for the CLI
+from mvic.shared.errors import ConfigError
 from mvic.shared.model_table import PAPER_LAMBDAS
 
 POLICIES = ("latest", "every")
@@ -68,10 +67,6 @@ WHEN_FULL = ("drop-oldest", "block")
 FILE_TIMELINES = ("native", "sequential")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _HOST_PORT = re.compile(r"^(unix:\S+|\S+:\d{1,5})$")  # host:port, [v6]:port, dns:///host:port, unix:/path
-
-
-class ConfigError(ValueError):
-    """A node configuration that cannot be used; the message starts with the key path."""
 
 
 def _require(cond: bool, key: str, message: str) -> None:
@@ -209,73 +204,8 @@ class NodeConfig:
                  f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
 
-def _convert(hint: Any, value: Any, key: str) -> Any:
-    if is_dataclass(hint):
-        return build(hint, value, key)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # `camera: 1`, `source: {uri: 0}` (a webcam index)
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - only the types above are declared
-
-
-def build(cls: type, raw: Any, path: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys, wrong types and bad values name their key path."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    for name in raw:
-        if name not in known:
-            key = f"{path}.{name}" if path else str(name)
-            raise ConfigError(f"{key}: unknown key; known keys{' of ' + path if path else ''}: {', '.join(known)}")
-    kwargs = {}
-    for name, value in raw.items():
-        key = f"{path}.{name}" if path else name
-        hint = hints[name]
-        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:  # pragma: no cover
-            raise ConfigError(f"{key}: optional fields are not supported")
-        kwargs[name] = _convert(hint, value, key)
-    return cls(**kwargs)
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> NodeConfig:
     """The one loader: ``node.yaml`` (or defaults), then dotted-key overrides from the command line on top
     (``{"source.fps": 10.0}``), then every check. Raises ConfigError naming the key path."""
-    raw: dict = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"config: cannot read {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
-    for dotted, value in (overrides or {}).items():
-        section = raw
-        *parents, leaf = dotted.split(".")
-        for name in parents:
-            if not isinstance(section.setdefault(name, {}), dict):
-                raise ConfigError(f"{name}: expected a mapping, got {type(section[name]).__name__}")
-            section = section[name]
-        section[leaf] = value
+    raw = set_dotted(read_yaml(path), overrides or {})
     return build(NodeConfig, raw)
-
-
-def to_dict(config: Any) -> dict:
-    """Plain nested dict of a config (for --validate-config output and logs)."""
-    return {f.name: to_dict(getattr(config, f.name)) if is_dataclass(getattr(config, f.name))
-            else getattr(config, f.name) for f in fields(config)}

@@ -11,6 +11,7 @@
     ├── GroupError                     views given to the joint decoder that cannot be decoded together
     ├── WeightsError                   a weights file that is missing, altered, or for another model
     │   └── NoTrainedWeightsError      no trained weights are installed for the requested model
+    ├── ConfigError                    a config key or flag that cannot be used (message starts with its path)
     └── ExactnessError                 a network cannot be run in exact integer arithmetic
 
 This module imports nothing from torch so that bitstream tools stay light.
@@ -65,6 +66,10 @@ class WeightsError(MVICError):
 
 class NoTrainedWeightsError(WeightsError):
     """No trained weights are installed for the requested model."""
+
+
+class ConfigError(MVICError, ValueError):
+    """A configuration file or flag that cannot be used; the message starts with the key path."""
 
 
 class ExactnessError(MVICError):

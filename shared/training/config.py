@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
 
-import yaml
+from mvic.shared.config import build, read_yaml
 
 
 @dataclass(frozen=True)
@@ -53,49 +52,6 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-def _build(cls, raw: Any, path: str):
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"unknown key {path + '.' if path else ''}{unknown[0]}; known: {', '.join(sorted(known))}")
-    kwargs = {}
-    for name, value in raw.items():
-        hint = hints[name]
-        key = f"{path}.{name}" if path else name
-        if is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key)
-        elif hint == tuple[DataConfig, ...]:
-            if not isinstance(value, list):
-                raise ValueError(f"{key}: expected a list of data sources")
-            kwargs[name] = tuple(_build(DataConfig, v, f"{key}[{i}]") for i, v in enumerate(value))
-        elif hint in (tuple[int, ...], tuple[float, ...]):
-            kwargs[name] = tuple(hint.__args__[0](v) for v in value)
-        else:
-            try:
-                kwargs[name] = hint(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{key}: cannot read {value!r} as {hint.__name__}") from None
-    return cls(**kwargs)
-
-
 def load_config(path: str | Path | None) -> RunConfig:
-    if path is None:
-        return RunConfig()
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    return _build(RunConfig, raw, "")
+    return build(RunConfig, read_yaml(path))
 
-
-def config_to_dict(config) -> dict:
-    out = {}
-    for f in fields(config):
-        value = getattr(config, f.name)
-        if is_dataclass(value):
-            out[f.name] = config_to_dict(value)
-        elif isinstance(value, tuple):
-            out[f.name] = [config_to_dict(v) if is_dataclass(v) else v for v in value]
-        else:
-            out[f.name] = value
-    return out

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from mvic.shared.codec.model import LDMIC, RDOutput
 from mvic.shared.codec.registry import export_weights
+from mvic.shared.config import to_dict
 from mvic.shared.model_table import spec_by_name
 from mvic.shared.scene import SceneConfig
 from mvic.shared.training.checkpoint import (
@@ -36,7 +37,7 @@ from mvic.shared.training.checkpoint import (
     save_checkpoint,
     save_pieces,
 )
-from mvic.shared.training.config import DataConfig, RunConfig, config_to_dict, load_config
+from mvic.shared.training.config import DataConfig, RunConfig, load_config
 from mvic.shared.training.data import (
     BatchStream,
     ConcatGroups,
@@ -196,11 +197,11 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
                 log_file.flush()
                 bar.set_postfix(loss=f"{loss:.4f}", bpp=f"{bpp:.3f}", psnr=f"{psnr:.2f}", K=x.shape[1])
             if step % cfg.checkpoint_every == 0:
-                save_checkpoint(run_dir, step, model, optimizers, config_to_dict(cfg))
+                save_checkpoint(run_dir, step, model, optimizers, to_dict(cfg))
     bar.close()
     if skipped:
         print(f"skipped {skipped} batches with a non-finite loss", file=sys.stderr)
-    save_checkpoint(run_dir, step, model, optimizers, config_to_dict(cfg))
+    save_checkpoint(run_dir, step, model, optimizers, to_dict(cfg))
     return step
 
 

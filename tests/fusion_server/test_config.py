@@ -17,8 +17,8 @@ def test_defaults_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("text, key", [
-    ("grouping: {tolerence_ms: 5}\n", "unknown key grouping.tolerence_ms"),
-    ("bogus: 1\n", "unknown key bogus"),
+    ("grouping: {tolerence_ms: 5}\n", "grouping.tolerence_ms: unknown key"),
+    ("bogus: 1\n", "bogus: unknown key"),
     ("decode: {workers: two}\n", "decode.workers"),
     ("sinks: {png: 1}\n", "sinks.png"),
     ("device: gpu0\n", "device"),
