@@ -112,12 +112,17 @@ def make_batches(cfg: RunConfig, num_rates: int, seed: int):
 def init_weights(model: LDMIC, source: Path) -> None:
     """Start from other weights (another run's pieces, an exported file); the context model may differ in kind.
 
-    Tensors whose name and shape match are taken; a fast <-> autoregressive start keeps everything but the masked
-    context convolution's mask pattern (the weights are re-masked by the layer). Anything else missing is an error.
+    Tensors whose name and shape match are taken, except the masked context convolution's mask: it belongs to the
+    architecture (checkerboard or causal raster), so a fast <-> autoregressive start keeps the model's own and the
+    layer re-masks the copied weights. CDF tables of an exported file are taken whatever their size. Anything else
+    missing is an error.
     """
     state = load_state(source)
     own = model.state_dict()
-    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    cdf_tables = ("._quantized_cdf", "._offset", "._cdf_length", ".scale_table")  # sized by update(); loading resizes
+    taken = {k: v for k, v in state.items()
+             if k in own and not k.endswith(".mask") and (own[k].shape == v.shape or k.endswith(cdf_tables))}
+    taken.update({k: v for k, v in own.items() if k.endswith(".mask")})
     missing = sorted(set(own) - set(taken))
     if missing:
         raise ValueError(f"{source} lacks {len(missing)} tensors of {model.spec.name} (e.g. {missing[0]})")

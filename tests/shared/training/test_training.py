@@ -132,3 +132,18 @@ def test_rd_loss_mse_and_msssim_weigh_distortion_by_the_groups_lambda():
         assert abs(float(near[1]) - (4 * 144 + 4 * 9) * 2 / (2 * 192 * 192)) < 1e-6
     with pytest.raises(ValueError, match="metric"):
         rd_loss(RDOutput(x, lik_y, lik_z), x, rate, lambdas, "l1")
+
+
+def test_init_from_the_other_context_model_keeps_its_own_mask(tmp_path):
+    from mvic.shared.codec.model import LDMIC
+    from mvic.shared.codec.registry import export_weights
+    from mvic.shared.model_table import spec_by_name
+    from mvic.shared.training.train import init_weights
+
+    fast = LDMIC(spec_by_name("test-tiny-fast"))
+    export_weights(fast, tmp_path / "fast.safetensors")
+    ar = LDMIC(spec_by_name("test-tiny-ar"))
+    causal = ar.context.context_prediction.mask.clone()
+    init_weights(ar, tmp_path / "fast.safetensors")
+    assert torch.equal(ar.context.context_prediction.mask, causal)  # still raster-causal, not checkerboard
+    assert torch.equal(ar.g_a[0].weight, fast.g_a[0].weight)  # everything else carried over
