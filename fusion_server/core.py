@@ -1,7 +1,7 @@
 """The fusion server's core, without gRPC: **receive** -> group -> joint decode -> sink -> ack.
 
-Hop before: the servicer (``servicer.FusionServicer``) turns a stream's Hello and ViewPackets into ``NodeHello`` /
-``IncomingPacket`` and calls ``connect`` / ``receive``.
+Hop before: the servicer (``servicer.FusionServicer``) turns a stream's Hello and ViewPackets into
+``mvic.shared.rpc.hello.Hello`` / ``IncomingPacket`` and calls ``connect`` / ``receive``.
 Hop after: events in each camera's ``session.Session`` outbox, which the servicer sends back as Welcome/Ack/PacketError.
 
 Inside, in order: ``receive`` checks a packet (size, duplicate, bitstream, model) and admits it to the camera group's
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from mvic.fusion_server.acks import AckJournal, AckTracker
@@ -38,12 +39,13 @@ from mvic.fusion_server.errors import (
 from mvic.fusion_server.grouper import DuplicateViewError, Grouper
 from mvic.fusion_server.live import LiveView
 from mvic.fusion_server.metrics import ServerMetrics
-from mvic.fusion_server.records import GroupResult, IncomingPacket, NodeHello, ReceivedView, ViewGroup, Welcome
+from mvic.fusion_server.records import GroupResult, IncomingPacket, ReceivedView, ViewGroup, Welcome
 from mvic.fusion_server.session import Session
 from mvic.fusion_server.sinks import FrameSinks
-from mvic.shared.bitstream import MAX_CAMERA_ID_BYTES, unpack
-from mvic.shared.errors import BitstreamError
+from mvic.shared.bitstream import unpack
+from mvic.shared.errors import BitstreamError, HelloError
 from mvic.shared.model_table import MODELS_BY_ID
+from mvic.shared.rpc.hello import Hello
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +125,14 @@ class FusionCore:
         self._io_pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------------------------------ handshake
-    async def connect(self, hello: NodeHello) -> tuple[Session, Welcome]:
-        """Accept a camera's stream or raise a HandshakeError / NotReadyError saying what to do."""
+    async def connect(self, hello: Hello, metadata: Mapping[str, str] | None = None) -> tuple[Session, Welcome]:
+        """Accept a camera's stream or raise a HandshakeError / NotReadyError saying what to do. ``metadata``: the
+        stream headers, lower-case keys (``mvic-camera`` / ``mvic-group`` must agree with the Hello)."""
         if not self._accepting:
             raise NotReadyError("the server is shutting down; reconnect with backoff")
         if self._decoder is None:
             raise NotReadyError("the server is still loading its model; retry in a few seconds")
-        self._check_hello(hello)
+        self._check_hello(hello, metadata)
         camera = hello.camera_id
         if camera not in self._trackers and len(self._trackers) >= self.config.max_cameras:
             raise TooManyCamerasError(
@@ -171,16 +174,12 @@ class FusionCore:
         session.input_done = True
         self._close_if_done(session)
 
-    def _check_hello(self, hello: NodeHello) -> None:
+    def _check_hello(self, hello: Hello, metadata: Mapping[str, str] | None) -> None:
+        try:
+            hello.check(metadata)
+        except HelloError as exc:
+            raise BadHelloError(str(exc)) from exc
         cam = hello.camera_id
-        if not (1 <= len(cam.encode()) <= MAX_CAMERA_ID_BYTES and cam.isprintable()):
-            raise BadHelloError(f"camera id {cam!r} must be 1..{MAX_CAMERA_ID_BYTES} printable UTF-8 bytes")
-        if len(hello.group_id.encode()) > MAX_CAMERA_ID_BYTES or not hello.group_id.isprintable():
-            raise BadHelloError(f"group id {hello.group_id!r} must be 0..{MAX_CAMERA_ID_BYTES} printable bytes")
-        for key, meta, value in (("mvic-camera", hello.metadata_camera, cam),
-                                 ("mvic-group", hello.metadata_group, hello.group_id)):
-            if meta is not None and meta != value:
-                raise BadHelloError(f"stream metadata {key}={meta!r} disagrees with the Hello ({value!r})")
         if self.config.cameras and cam not in self.config.cameras:
             raise UnknownCameraError(
                 f"camera {cam!r} is not in this server's camera list ({', '.join(self.config.cameras)}); "

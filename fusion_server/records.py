@@ -1,8 +1,9 @@
 """Typed records that travel through the server: receive -> group -> joint decode -> sink.
 
-The servicer turns protobuf messages into ``NodeHello`` / ``IncomingPacket``; the core admits packets as
-``ReceivedView``; the grouper emits ``ViewGroup``; the decode stage returns ``GroupResult``; the sink stage turns that
-into per-camera acks (``Outgoing`` events the servicer turns back into protobuf). None of them knows gRPC.
+The servicer turns protobuf messages into ``IncomingPacket`` (and the Hello into the shared
+``mvic.shared.rpc.hello.Hello``); the core admits packets as ``ReceivedView``; the grouper emits ``ViewGroup``; the
+decode stage returns ``GroupResult``; the sink stage turns that into per-camera acks (``Outgoing`` events the servicer
+turns back into protobuf). None of them knows gRPC.
 """
 
 from __future__ import annotations
@@ -13,21 +14,6 @@ import numpy as np
 
 from mvic.shared.bitstream import ViewBitstream
 from mvic.fusion_server.errors import PacketRejected, ServerError
-
-
-@dataclass(frozen=True)
-class NodeHello:
-    """The first message of a camera's stream, plus the stream metadata."""
-
-    camera_id: str
-    group_id: str
-    model_id: int
-    weights_hash: bytes
-    format_version: int
-    node_version: str
-    session_ns: int
-    metadata_camera: str | None = None  # "mvic-camera" header, None when absent
-    metadata_group: str | None = None  # "mvic-group" header
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ import grpc
 
 from mvic.fusion_server.core import FusionCore
 from mvic.fusion_server.errors import ServerError, StreamError
-from mvic.fusion_server.records import AckEvent, IncomingPacket, NodeHello, RejectEvent
+from mvic.fusion_server.records import AckEvent, IncomingPacket, RejectEvent
 from mvic.fusion_server.session import Session
 from mvic.fusion_server.status import error_code_for, status_for
-from mvic.shared.rpc import CAMERA_METADATA_KEY, GROUP_METADATA_KEY, mvic_pb2 as pb, mvic_pb2_grpc
+from mvic.shared.rpc import mvic_pb2 as pb, mvic_pb2_grpc
+from mvic.shared.rpc.hello import Hello
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
         if first.WhichOneof("kind") != "hello":
             await self._abort(context, StreamError("the first message of a stream must be a Hello"))
         try:
-            session, welcome = await self._core.connect(_hello(first.hello, metadata))
+            session, welcome = await self._core.connect(Hello.from_proto(first.hello), metadata)
         except ServerError as exc:
             log.warning("refused camera %r: %s", first.hello.camera_id, exc)
             self._core.metrics.refused.labels(status_for(exc).name).inc()
@@ -92,9 +93,3 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
         await context.abort(status_for(exc), str(exc))
-
-
-def _hello(msg: pb.Hello, metadata: dict[str, str]) -> NodeHello:
-    return NodeHello(msg.camera_id, msg.group_id, msg.model_id, bytes(msg.weights_hash), msg.format_version,
-                     msg.node_version, msg.session_ns, metadata.get(CAMERA_METADATA_KEY),
-                     metadata.get(GROUP_METADATA_KEY))

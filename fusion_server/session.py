@@ -14,11 +14,12 @@ import asyncio
 from collections import deque
 
 from mvic.fusion_server.errors import PacketRejected, ServerError
-from mvic.fusion_server.records import AckEvent, CloseEvent, NodeHello, Outgoing, RejectEvent
+from mvic.fusion_server.records import AckEvent, CloseEvent, Outgoing, RejectEvent
+from mvic.shared.rpc.hello import Hello
 
 
 class Session:
-    def __init__(self, hello: NodeHello, max_rejections: int = 1024):
+    def __init__(self, hello: Hello, max_rejections: int = 1024):
         self.hello = hello
         self.camera = hello.camera_id
         self.group = hello.group_id

@@ -31,12 +31,13 @@ from mvic.node.capture import Capture, resume_index, schedule_key
 from mvic.node.config import NodeConfig
 from mvic.node.encoder import EncoderWorker, compatibility_check, configure_torch, load_encoder
 from mvic.node.handoff import FrameHandoff
-from mvic.node.link import Link, NodeIdentity
+from mvic.node.link import Link
 from mvic.node.metrics import DROP_REASONS, NodeMetrics
 from mvic.node.sources import Source, open_source
 from mvic.node.spool import Spool
 from mvic.shared.bitstream import FORMAT_VERSION
 from mvic.shared.codec.model import LDMIC
+from mvic.shared.rpc.hello import Hello
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,9 @@ class NodeApp:
         if cfg.metrics.port:
             self._metrics_server, _ = start_http_server(cfg.metrics.port, cfg.metrics.host, self.metrics.registry)
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, cfg.metrics.port)
-        identity = NodeIdentity(cfg.camera, cfg.group, self.model.spec.model_id, self.model.weights_hash,
-                                FORMAT_VERSION, node_version(), self.session_ns)
-        self.link = Link(cfg.server, identity, self.spool, cfg.link, self.metrics, self.stop_event)
+        hello = Hello(cfg.camera, cfg.group, self.model.spec.model_id, self.model.weights_hash, FORMAT_VERSION,
+                      node_version(), self.session_ns)
+        self.link = Link(cfg.server, hello, self.spool, cfg.link, self.metrics, self.stop_event)
         self._spawn("link", self.link.run)
         handoff = FrameHandoff(cfg.encode.policy, cfg.encode.queue_frames, self.metrics)
         self.encoder = EncoderWorker(self.model, handoff, self.spool, cfg.camera, cfg.encode.rate, self.metrics,

@@ -12,7 +12,8 @@ One stream at a time, for the node's whole life:
     server -> Ack(acked_sequence)                          cumulative: the spool deletes everything up to it
     server -> PacketError(sequence, code, message)         that packet is deleted, counted and logged
 
-Camera and group also travel as gRPC metadata (``mvic.shared.rpc.CAMERA_METADATA_KEY`` / ``GROUP_METADATA_KEY``).
+The Hello is ``mvic.shared.rpc.hello.Hello``, the record the server reads back; camera and group also travel as
+gRPC metadata (``Hello.metadata()``: ``mvic.shared.rpc.CAMERA_METADATA_KEY`` / ``GROUP_METADATA_KEY``).
 When the stream breaks (server restart, network cut, keepalive timeout, no Welcome within handshake_timeout_s) the
 link reconnects after an exponential backoff with jitter (``backoff_initial_s`` doubling up to ``backoff_max_s``,
 each wait drawn in [d/2, d]; reset after a Welcome). A refusal (FAILED_PRECONDITION: model, weights or format differ;
@@ -30,21 +31,15 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
 
 import grpc
 
 from mvic.node.config import LinkConfig
 from mvic.node.metrics import NodeMetrics
 from mvic.node.spool import SpooledPacket, Spool
-from mvic.shared.rpc import (
-    CAMERA_METADATA_KEY,
-    DEFAULT_MAX_PACKET_BYTES,
-    GROUP_METADATA_KEY,
-    channel_options,
-    max_message_bytes,
-)
+from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, channel_options, max_message_bytes
 from mvic.shared.rpc import mvic_pb2 as pb
+from mvic.shared.rpc.hello import Hello
 from mvic.shared.rpc.mvic_pb2_grpc import FusionStub
 
 log = logging.getLogger(__name__)
@@ -64,25 +59,6 @@ _REFUSAL_ADVICE = {
 }
 
 
-@dataclass(frozen=True)
-class NodeIdentity:
-    """What the Hello says about this node."""
-
-    camera_id: str
-    group_id: str
-    model_id: int
-    weights_hash: bytes
-    format_version: int
-    node_version: str
-    session_ns: int  # node start, ns since the Unix epoch
-
-    def hello(self) -> pb.NodeMessage:
-        return pb.NodeMessage(hello=pb.Hello(
-            camera_id=self.camera_id, group_id=self.group_id, model_id=self.model_id,
-            weights_hash=self.weights_hash, format_version=self.format_version, node_version=self.node_version,
-            session_ns=self.session_ns))
-
-
 class _Stream:
     """State of one stream attempt, shared by the request generator, the response reader and the supervisor."""
 
@@ -99,10 +75,11 @@ class _Stream:
 class Link:
     """Spool -> server over one bidirectional stream, reconnecting until stopped."""
 
-    def __init__(self, target: str, identity: NodeIdentity, spool: Spool, config: LinkConfig, metrics: NodeMetrics,
+    def __init__(self, target: str, hello: Hello, spool: Spool, config: LinkConfig, metrics: NodeMetrics,
                  stop: threading.Event):
+        hello.check()  # the server would refuse it on every attempt
         self.target = target
-        self.identity = identity
+        self.hello = hello
         self.spool = spool
         self.config = config
         self.metrics = metrics
@@ -110,7 +87,7 @@ class Link:
         self.connected = threading.Event()
         self._drain_deadline: float | None = None
         self._max_sent = 0
-        self._metadata = ((CAMERA_METADATA_KEY, identity.camera_id), (GROUP_METADATA_KEY, identity.group_id))
+        self._metadata = hello.metadata()
 
     def channel_options(self) -> list[tuple[str, int]]:
         backoff_ms = int(self.config.backoff_max_s * 1000)
@@ -146,7 +123,7 @@ class Link:
                     delay = self.config.refused_backoff_s * random.uniform(0.8, 1.2)
                     self.metrics.set_connection("refused")
                     log.error("server %s refused camera %s: %s: %s. To fix: %s. Retrying in %.0f s", self.target,
-                              self.identity.camera_id, st.code.name, st.details, _REFUSAL_ADVICE[st.code], delay)
+                              self.hello.camera_id, st.code.name, st.details, _REFUSAL_ADVICE[st.code], delay)
                 else:
                     attempt = 0 if st.welcomed.is_set() else attempt
                     ceiling = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** attempt)
@@ -195,7 +172,7 @@ class Link:
     # ------------------------------------------------------------------------------ node -> server
     def _requests(self, st: _Stream):
         """Request generator, run by a gRPC thread: Hello, then spooled packets in order as they come."""
-        yield self.identity.hello()
+        yield pb.NodeMessage(hello=self.hello.to_proto())
         try:
             while not st.welcomed.wait(0.1):
                 if st.closing.is_set() or st.ended.is_set():
@@ -260,7 +237,7 @@ class Link:
         if acked < known:
             log.warning("server %s reports camera %s stored up to %d, below the %d it acknowledged before (server "
                         "state lost?); packets up to %d were deleted here and cannot be resent", self.target,
-                        self.identity.camera_id, acked, known, known)
+                        self.hello.camera_id, acked, known, known)
         self._acked(self.spool.server_acked(acked))
         st.max_packet_bytes = min(welcome.max_packet_bytes or DEFAULT_MAX_PACKET_BYTES, NODE_MAX_PACKET_BYTES)
         st.cursor = acked
@@ -268,7 +245,7 @@ class Link:
         self.metrics.set_connection("connected")
         self.connected.set()
         log.info("connected to %s (server %s) as %s: server has stored up to sequence %d; sending %d spooled "
-                 "packet(s)", self.target, welcome.server_version or "?", self.identity.camera_id, acked, resend)
+                 "packet(s)", self.target, welcome.server_version or "?", self.hello.camera_id, acked, resend)
         st.welcomed.set()
 
     def _acked(self, removed: list[SpooledPacket]) -> None:

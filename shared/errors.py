@@ -12,6 +12,7 @@
     ├── WeightsError                   a weights file that is missing, altered, or for another model
     │   └── NoTrainedWeightsError      no trained weights are installed for the requested model
     ├── ConfigError                    a config key or flag that cannot be used (message starts with its path)
+    ├── HelloError                     a stream's Hello with malformed ids, or headers disagreeing with it
     └── ExactnessError                 a network cannot be run in exact integer arithmetic
 
 This module imports nothing from torch so that bitstream tools stay light.
@@ -70,6 +71,10 @@ class NoTrainedWeightsError(WeightsError):
 
 class ConfigError(MVICError, ValueError):
     """A configuration file or flag that cannot be used; the message starts with the key path."""
+
+
+class HelloError(MVICError, ValueError):
+    """A Hello (``mvic.shared.rpc.hello.Hello``) that breaks the protocol: fix the node's --camera / --group."""
 
 
 class ExactnessError(MVICError):

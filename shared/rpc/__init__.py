@@ -3,8 +3,10 @@
 Hop before: the node's sender (``mvic.node``) wraps each packed view in a ``ViewPacket``.
 Hop after: the fusion server's servicer (``mvic.fusion_server``) unwraps it and hands it to the grouper.
 
-``mvic_pb2`` / ``mvic_pb2_grpc`` are generated; regenerate them with ``python -m mvic.shared.rpc.generate`` after
-editing the .proto (a test fails when they are stale). Everything here is import-light: no torch.
+``hello.Hello`` is the one typed record of the Hello that both ends build and read (``to_proto`` / ``from_proto``,
+``check``). ``mvic_pb2`` / ``mvic_pb2_grpc`` are generated; regenerate them with
+``python -m mvic.shared.rpc.generate`` after editing the .proto (a test fails when they are stale). Everything here is
+import-light: no torch.
 """
 
 from __future__ import annotations

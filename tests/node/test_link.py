@@ -9,16 +9,17 @@ import grpc
 import pytest
 
 from mvic.node.config import LinkConfig
-from mvic.node.link import Link, NodeIdentity
+from mvic.node.link import Link
 from mvic.node.metrics import NodeMetrics
 from mvic.node.spool import Spool
 from mvic.shared.bitstream import FORMAT_VERSION, unpack
+from mvic.shared.rpc.hello import Hello
 from tests.node.fakes import FakeServer, Store, wait_for
 from tests.node.test_spool import HASH, packet
 
 FAST = LinkConfig(backoff_initial_s=0.05, backoff_max_s=0.2, refused_backoff_s=0.3, handshake_timeout_s=2.0,
                   drain_timeout_s=2.0)
-IDENTITY = NodeIdentity("C1", "plaza", 0xF001, HASH, FORMAT_VERSION, "test", 123)
+IDENTITY = Hello("C1", "plaza", 0xF001, HASH, FORMAT_VERSION, "test", 123)
 
 
 class Harness:
