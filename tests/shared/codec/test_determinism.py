@@ -13,9 +13,11 @@ import torch
 
 from mvic.shared.bitstream import pack, unpack
 from mvic.shared.codec.fixedpoint import Backend, ExactOptions
-from mvic.shared.codec.registry import load_model
+from mvic.shared.codec.registry import load_model, registered_weights
 from mvic.shared.samples import stereo_pair
 from tests.conftest import random_image
+
+SHIPPED = sorted(registered_weights())  # the weights files installed with MVIC (shared/codec/weights/)
 
 DECODE_PATHS = [
     ("2 threads", 2, ExactOptions()),
@@ -63,6 +65,13 @@ def test_autoregressive_model_decodes_identically_on_every_path(tiny_weights):
     assert _check(tiny_weights["test-tiny-ar"], _images(6, seed=12)) == 0
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_decode_identically_on_every_path(name):
+    record = registered_weights()[name]
+    autoregressive = record.model in ("ldmic", "ldmic-lite")  # serial decoding: fewer images keep the suite fast
+    assert _check(record, _images(3 if autoregressive else 8, seed=15)) == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["test-tiny-fast", "test-tiny-ar"])
 def test_many_images(tiny_weights, name):
@@ -71,11 +80,12 @@ def test_many_images(tiny_weights, name):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ["test-tiny-fast", "test-tiny-ar"])
+@pytest.mark.parametrize("name", ["test-tiny-fast", "test-tiny-ar", *SHIPPED])
 def test_cpu_encode_cuda_decode(tiny_weights, name):
-    enc = load_model(tiny_weights[name])
-    dec = load_model(tiny_weights[name], device="cuda")
-    images = _images(200 if name.endswith("fast") else 30, seed=14)
+    source = tiny_weights.get(name) or registered_weights()[name]
+    enc = load_model(source)
+    dec = load_model(source, device="cuda")
+    images = _images(200 if "fast" in name else 30, seed=14)
     desync = 0
     for i, im in enumerate(images):
         view = unpack(pack(enc.compress_view(im, i % enc.spec.num_rates)))
