@@ -19,9 +19,9 @@ for s in 0 1 2 3; do  # 4 seeded plazas x 12 timestamps x 7 cameras (evaluation 
 done
 minutes() { $B/python -c "print(round($hours * 60 * $1, 1))"; }
 $B/mvic-train --config configs/lite-cpu.yaml --run runs/lite-cpu --max-minutes "$(minutes 0.7)" --quiet
-$B/mvic-train --run runs/lite-cpu --export $W/ldmic-fast-lite-cpu-v1.safetensors
+$B/mvic-train --run runs/lite-cpu --export $W/ldmic-fast-lite-cpu-v1.safetensors --fp16-kernels
 $B/mvic-train --config configs/lite-cpu-ar.yaml --run runs/lite-cpu-ar --max-minutes "$(minutes 0.3)" --quiet
-$B/mvic-train --run runs/lite-cpu-ar --export $W/ldmic-lite-cpu-v1.safetensors
+$B/mvic-train --run runs/lite-cpu-ar --export $W/ldmic-lite-cpu-v1.safetensors --fp16-kernels
 for name in ldmic-fast-lite-cpu-v1 ldmic-lite-cpu-v1; do
   $B/mvic-eval --weights $W/$name.safetensors --data synthetic --groups 2 --cameras 3 --size 270x480 --seed 1000 \
       -o "results/$name/synthetic"

@@ -86,11 +86,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_weights(model: LDMIC, path: str | Path) -> str:
-    """Write the model's weights (CDF tables updated) as safetensors; returns the file's sha256."""
+def export_weights(model: LDMIC, path: str | Path, *, fp16_kernels: bool = False) -> str:
+    """Write the model's weights (CDF tables updated) as safetensors; returns the file's sha256.
+
+    ``fp16_kernels`` stores the convolution kernels (the 4-D float tensors, nearly all the bytes) in float16 and
+    everything else (biases, GDN, entropy bottleneck, gains, CDF tables) as it is. A loaded model is float32 either
+    way, and every machine widens the same float16 values, so decoding stays bit-exact across devices. The exporting
+    model is given the rounded kernels too, so it codes exactly like the file it wrote.
+    """
     path = Path(path)
     model.update(force=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {}
+    for name, value in model.state_dict().items():
+        value = value.detach().to("cpu")
+        if fp16_kernels and value.is_floating_point() and value.dim() == 4:
+            value = value.half()
+        state[name] = value.contiguous()
+    if fp16_kernels:
+        model.load_state_dict(state, strict=True)  # copies (and widens) into the model's own float32 tensors
     # One metadata key: safetensors stores the metadata map in arbitrary order, and the file hash must be stable.
     metadata = {"mvic": json.dumps({"format": FORMAT_TAG, "model": model.spec.name,
                                     "model_id": model.spec.model_id}, sort_keys=True)}

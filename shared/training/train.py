@@ -218,7 +218,7 @@ def _run_model_name(run_dir: Path) -> str:
     raise FileNotFoundError(f"{run_dir} is neither a run folder (checkpoint.json) nor a pieces folder ({PIECES_INDEX})")
 
 
-def export_run(run_dir: Path, out: Path) -> str:
+def export_run(run_dir: Path, out: Path, fp16_kernels: bool = False) -> str:
     """Export a run's (or a pieces folder's) weights as a shipped-weights file (CDF tables updated); its sha256.
 
     Beside it, ``<out>.record.json`` holds the registry record (name, file, sha256, model, metric, recipe) to add to
@@ -226,7 +226,7 @@ def export_run(run_dir: Path, out: Path) -> str:
     """
     model = LDMIC(spec_by_name(_run_model_name(run_dir)))
     model.load_state_dict(load_state(run_dir), strict=True)
-    digest = export_weights(model.eval(), out)
+    digest = export_weights(model.eval(), out, fp16_kernels=fp16_kernels)
     meta = run_dir / "checkpoint.json"
     info = json.loads(meta.read_text()) if meta.is_file() else {}
     config = info.get("config", {})
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
     p.add_argument("--export", type=Path, metavar="FILE", help="export the run's checkpoint as weights and exit")
+    p.add_argument("--fp16-kernels", action="store_true",
+                   help="with --export: store convolution kernels in float16 (half the size; still bit-exact)")
     p.add_argument("--export-pieces", type=Path, metavar="DIR",
                    help="write the run's model weights as safetensors pieces of at most --piece-mib MiB and exit")
     p.add_argument("--piece-mib", type=float, default=16, help="piece size limit for --export-pieces (MiB)")
@@ -262,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.export:
-        digest = export_run(args.run, args.export)
+        digest = export_run(args.run, args.export, args.fp16_kernels)
         print(f"{args.export}: sha256 {digest}")
         return 0
     if args.export_pieces:

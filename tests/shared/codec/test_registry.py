@@ -72,3 +72,28 @@ def test_registry_refuses_duplicates_and_reports_missing_weights():
 def test_shipped_records_point_at_real_files():
     for rec in json.loads((registry.WEIGHTS_DIR / "records.json").read_text()):
         assert (registry.WEIGHTS_DIR / rec["file"]).is_file()
+
+
+def test_fp16_kernels_halve_the_file_and_code_like_the_file(tmp_path):
+    import numpy as np
+
+    from tests.conftest import random_image
+
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    registry.export_weights(make_tiny_model("test-tiny-fast", seed=5), full)
+    model = make_tiny_model("test-tiny-fast", seed=5)
+    registry.export_weights(model, half, fp16_kernels=True)
+    kernel_elements = sum(v.numel() for v in model.state_dict().values() if v.dim() == 4)
+    saved = full.stat().st_size - half.stat().st_size
+    assert abs(saved - 2 * kernel_elements) < 1024  # two bytes less per kernel element (headers differ slightly)
+    stored = load_file(str(half))
+    assert stored["g_a.0.weight"].dtype == torch.float16 and stored["g_a.0.bias"].dtype == torch.float32
+    loaded = registry.load_model(half)
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), k  # the exporter now holds what the file holds
+    image = random_image(np.random.default_rng(3), 64, 96)
+    view = model.compress_view(image, 2)
+    assert torch.equal(loaded.decode_latents([view]), model.decode_latents([view]))
+    reference = registry.load_model(full).decompress([registry.load_model(full).compress_view(image, 2)])[0]
+    halved = loaded.decompress([view])[0]
+    assert np.abs(reference.image.astype(int) - halved.image.astype(int)).mean() < 1.0  # float16 kernels cost ~nothing
