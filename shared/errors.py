@@ -13,6 +13,7 @@
     │   └── NoTrainedWeightsError      no trained weights are installed for the requested model
     ├── ConfigError                    a config key or flag that cannot be used (message starts with its path)
     ├── HelloError                     a stream's Hello with malformed ids, or headers disagreeing with it
+    ├── ResultsError                   an evaluation results file that is missing or not what mvic-eval writes
     └── ExactnessError                 a network cannot be run in exact integer arithmetic
 
 This module imports nothing from torch so that bitstream tools stay light.
@@ -75,6 +76,10 @@ class ConfigError(MVICError, ValueError):
 
 class HelloError(MVICError, ValueError):
     """A Hello (``mvic.shared.rpc.hello.Hello``) that breaks the protocol: fix the node's --camera / --group."""
+
+
+class ResultsError(MVICError, ValueError):
+    """A results.json that is missing or not what mvic-eval writes: run mvic-eval again."""
 
 
 class ExactnessError(MVICError):

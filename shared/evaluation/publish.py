@@ -28,14 +28,10 @@ from pathlib import Path
 
 from mvic.shared.codec import registry
 from mvic.shared.codec.registry import RDPoint, WeightsRecord
-from mvic.shared.errors import MVICError, WeightsError
+from mvic.shared.errors import MVICError, ResultsError, WeightsError
 from mvic.shared.evaluation.evaluate import ANCHOR, QUALITY, RDRow
 
 BD_KEYS = ("psnr", "ms-ssim-db", "bd-psnr-db")  # the Bjontegaard tables of results.json, as bd_table writes them
-
-
-class ResultsError(MVICError, ValueError):
-    """A results.json that is missing or not what mvic-eval writes."""
 
 
 @dataclass(frozen=True)
