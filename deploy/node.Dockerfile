@@ -19,12 +19,18 @@ ENV PATH=/opt/mvic/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# All of shared/, so shared/codec/weights/*.safetensors (the shipped weights, package data in pyproject.toml) are
+# installed with the package: without --weights the program loads the installed weights of --model, and node and
+# server images built from one tree carry the same files. The last check fails the build if one is missing.
 COPY shared shared
 COPY node node
 COPY fusion_server fusion_server
 # The pins again: pip keeps the +cpu builds (they satisfy them) instead of pulling PyPI's CUDA torch.
 RUN pip install . "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-    && python -c "import compressai, mvic.node.cli"
+    && python -c "import compressai, mvic.node.cli" \
+    && python -c "from mvic.shared.codec.registry import registered_weights, sha256_of; \
+bad = [w.file for w in registered_weights().values() if not w.path.is_file() or sha256_of(w.path) != w.sha256]; \
+assert not bad, f'weights listed in records.json but missing or different in the image: {bad}'"
 
 FROM ${PYTHON_IMAGE}
 COPY --from=build /opt/mvic /opt/mvic

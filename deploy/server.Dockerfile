@@ -1,7 +1,8 @@
 # mvic-server: the fusion server (receive -> group -> joint decode on the GPU -> sinks, live page, metrics).
 #   docker build -f deploy/server.Dockerfile -t mvic-server .    (context: the repository root)
-#   docker run --gpus all -p 50051:50051 -p 8080:8080 -v mvic-out:/var/lib/mvic -v $PWD/weights:/weights:ro \
-#       mvic-server --gpu 0 --weights /weights/W.safetensors --http 0.0.0.0:8080 --metrics-port 9101
+#   docker run --gpus all -p 50051:50051 -p 8080:8080 -v mvic-out:/var/lib/mvic \
+#       mvic-server --gpu 0 --http 0.0.0.0:8080 --metrics-port 9101          (the installed weights of ldmic-fast-lite)
+#   Own weights (the nodes must load the same file): -v $PWD/weights:/weights:ro ... --weights /weights/W.safetensors
 #
 # Base: python:3.11-slim plus PyTorch's CUDA wheels, not nvidia/cuda:*-runtime. The torch wheel brings its own CUDA
 # runtime, cuBLAS and cuDNN (the nvidia-* pip packages), so a CUDA base image would ship a second copy of the same
@@ -24,11 +25,17 @@ ENV PATH=/opt/mvic/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# All of shared/, so shared/codec/weights/*.safetensors (the shipped weights, package data in pyproject.toml) are
+# installed with the package: without --weights the program loads the installed weights of --model, and node and
+# server images built from one tree carry the same files. The last check fails the build if one is missing.
 COPY shared shared
 COPY node node
 COPY fusion_server fusion_server
 RUN pip install . "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-    && python -c "import compressai, mvic.fusion_server.cli"
+    && python -c "import compressai, mvic.fusion_server.cli" \
+    && python -c "from mvic.shared.codec.registry import registered_weights, sha256_of; \
+bad = [w.file for w in registered_weights().values() if not w.path.is_file() or sha256_of(w.path) != w.sha256]; \
+assert not bad, f'weights listed in records.json but missing or different in the image: {bad}'"
 COPY deploy/grpc_health_probe.py /opt/mvic/bin/mvic-grpc-health
 RUN chmod 0755 /opt/mvic/bin/mvic-grpc-health
 

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 0.0.0.0:50051)")
     p.add_argument("--model", help="architecture the nodes code with (default ldmic-fast-lite)")
-    p.add_argument("--weights", metavar="FILE", help="weights file (.safetensors); default: the model's installed")
+    p.add_argument("--weights", metavar="FILE",
+                   help="weights .safetensors (default: the installed weights of --model); an empty value "
+                        "(--weights=) selects the installed weights even where --config names a file")
     p.add_argument("--out", metavar="DIR", help="output folder: PNGs, videos, ack journal (default mvic-out)")
     p.add_argument("--camera", dest="cameras", action="append", metavar="ID",
                    help="allow only this camera (repeat); default: any camera")

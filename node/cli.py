@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc = p.add_argument_group("encode")
     enc.add_argument("--rate", type=int, help="rate index, 0 (smallest) .. 4 (best quality); default 2")
     enc.add_argument("--model", help="architecture (default: the one the weights file names; ldmic-fast-lite)")
-    enc.add_argument("--weights", metavar="FILE", help="weights .safetensors (default: the installed weights)")
+    enc.add_argument("--weights", metavar="FILE",
+                     help="weights .safetensors (default: the installed weights of --model); an empty value "
+                          "(--weights=) selects the installed weights even where --config names a file")
     enc.add_argument("--threads", type=int, help="torch CPU threads for the encoder (default 1)")
     enc.add_argument("--policy", choices=POLICIES,
                      help="slow encoder: 'latest' keeps only the newest frame (drops counted; default), "

@@ -2,14 +2,18 @@
 
 Every service's command line goes through the parser and configuration loader of the program it runs
 (``mvic.node.cli`` / ``mvic.fusion_server.cli``); then ports, volumes, Prometheus targets and the Dockerfiles are
-checked against each other and against the repository.
+checked against each other and against the repository. Which weights each program would load is decided by its
+own code (``mvic.node.encoder.load_encoder``, ``mvic.fusion_server.app.weights_source``) with the registry's
+``default_weights`` stubbed, so the tests do not need the shipped weights files.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import re
 import shlex
+import tomllib
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,13 +134,7 @@ def program(service: dict) -> str | None:
     return match.group(1) if match else None
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict:
-    return load_compose()
-
-
-@pytest.fixture(scope="module")
-def nodes(compose) -> dict[str, NodeConfig]:
+def node_configs(compose: dict) -> dict[str, NodeConfig]:
     """Service name -> the NodeConfig its command line produces (parser + config loader of mvic-node)."""
     out = {}
     for name, service in compose["services"].items():
@@ -148,8 +146,7 @@ def nodes(compose) -> dict[str, NodeConfig]:
     return out
 
 
-@pytest.fixture(scope="module")
-def server_args(compose) -> list[str]:
+def server_command(compose: dict) -> list[str]:
     service = compose["services"]["server"]
     assert program(service) == "server"
     args = argv(service, image_entrypoint("server"))
@@ -157,19 +154,38 @@ def server_args(compose) -> list[str]:
     return args[1:]
 
 
-@pytest.fixture(scope="module")
-def server(compose, server_args):
-    """The ServerConfig of the server's command line, its --config file read from the repository."""
+def server_config(compose: dict):
+    """The ServerConfig of the server's command line, its --config file read from the repository, and the args."""
     from mvic.fusion_server import cli as server_cli
     from mvic.fusion_server.config import load_config
 
-    args = server_cli.build_parser().parse_args(server_args)
+    args = server_cli.build_parser().parse_args(server_command(compose))
     config_file = None
     if args.config:
         mount = mount_of(compose["services"]["server"], args.config)
         assert mount is not None and mount.is_bind, f"--config {args.config} is not in a bind mount"
         config_file = ROOT / mount.source / Path(args.config).relative_to(mount.target)
     return load_config(config_file, server_cli._overrides(args)), args
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def nodes(compose) -> dict[str, NodeConfig]:
+    return node_configs(compose)
+
+
+@pytest.fixture(scope="module")
+def server_args(compose) -> list[str]:
+    return server_command(compose)
+
+
+@pytest.fixture(scope="module")
+def server(compose):
+    return server_config(compose)
 
 
 # ------------------------------------------------------------------------------------------- command lines
@@ -201,13 +217,48 @@ def test_server_decodes_on_the_reserved_gpu_and_allows_exactly_the_seven_cameras
     assert config.http and config.metrics_port
 
 
-def test_nodes_share_one_schedule_and_one_model(nodes, server):
-    config, _ = server
+def test_nodes_share_one_schedule(nodes):
     (start_at,) = {c.source.start_at_ns for c in nodes.values()}
     assert start_at == int(START_AT), "the nodes must all get --start-at from MVIC_START_AT_NS"
     assert len({c.source.fps for c in nodes.values()}) == 1 and next(iter(nodes.values())).source.fps > 0
     assert {c.encode.policy for c in nodes.values()} == {"every"}, "replayed files must keep every frame"
-    assert {c.encode.weights for c in nodes.values()} == {config.weights}, "nodes and server load different weights"
+
+
+OWN = "/weights/mine.safetensors"
+WEIGHTS_CASES = {  # environment -> what every program loads, and the model it codes with
+    "installed": ({}, "installed:ldmic-fast-lite", "ldmic-fast-lite"),
+    "installed-other-model": ({"MVIC_MODEL": "ldmic-lite"}, "installed:ldmic-lite", "ldmic-lite"),
+    "own-file": ({"MVIC_WEIGHTS_DIR": "/srv/weights", "MVIC_WEIGHTS": OWN}, Path(OWN), "ldmic-fast-lite"),
+    "own-file-other-model": ({"MVIC_WEIGHTS": OWN, "MVIC_MODEL": "ldmic-lite"}, Path(OWN), "ldmic-lite"),
+}
+
+
+@pytest.mark.parametrize("env, loaded, model", WEIGHTS_CASES.values(), ids=WEIGHTS_CASES)
+def test_nodes_and_server_load_the_same_weights_and_model(monkeypatch, env, loaded, model):
+    """Out of the box both sides load the installed weights of MVIC_MODEL (one package in both images, so one
+    file); MVIC_WEIGHTS points all of them at one file in the read-only MVIC_WEIGHTS_DIR mount instead."""
+    from mvic.fusion_server import app
+    from mvic.node import encoder
+
+    def installed(name):  # stands for registry.default_weights(name): the weights installed in the image
+        return f"installed:{name}"
+
+    monkeypatch.setattr(app, "default_weights", installed)
+    monkeypatch.setattr(encoder, "default_weights", installed)
+    monkeypatch.setattr(encoder, "load_model", lambda source, model=None: source)
+    compose = load_compose({"MVIC_START_AT_NS": START_AT, **env})
+    config, _ = server_config(compose)
+    programs = {"server": (app.weights_source(config), config.model)}
+    nodes = node_configs(compose)
+    programs.update({name: (encoder.load_encoder(c.encode), c.encode.model) for name, c in nodes.items()})
+    assert len(programs) == 1 + len(CAMERAS)
+    for name, got in programs.items():
+        assert got == (loaded, model), f"{name} would load {got[0]} with model {got[1]}"
+    if isinstance(loaded, Path):  # the same host file behind that path everywhere
+        for name in programs:
+            mount = mount_of(compose["services"][name], str(loaded))
+            assert mount is not None and mount.is_bind and mount.read_only, f"{name}: {loaded} is not mounted"
+            assert mount.source == env.get("MVIC_WEIGHTS_DIR", "./weights"), name
 
 
 def test_the_schedule_variable_is_required():
@@ -300,14 +351,10 @@ def test_every_mount_is_a_declared_volume_or_a_documented_host_path(compose):
     assert used == declared, f"declared but unused volumes: {declared - used}"
 
 
-def test_sources_and_weights_lie_in_read_only_mounts(compose, nodes, server):
-    config, _ = server
+def test_videos_lie_in_read_only_mounts(compose, nodes):
     for name, node in nodes.items():
-        for path in (node.source.uri, node.encode.weights):
-            mount = mount_of(compose["services"][name], path)
-            assert mount is not None and mount.is_bind and mount.read_only, f"{name}: {path} is not mounted"
-    mount = mount_of(compose["services"]["server"], config.weights)
-    assert mount is not None and mount.read_only
+        mount = mount_of(compose["services"][name], node.source.uri)
+        assert mount is not None and mount.is_bind and mount.read_only, f"{name}: {node.source.uri} is not mounted"
 
 
 def test_spools_and_output_live_in_named_volumes_one_per_node(compose, nodes, server):
@@ -324,7 +371,8 @@ def test_spools_and_output_live_in_named_volumes_one_per_node(compose, nodes, se
 
 def test_every_variable_is_documented():
     readme = (DEPLOY / "README.md").read_text()
-    missing = sorted(v for v in compose_variables() if v not in readme and not re.fullmatch(r"WILDTRACK_C\d", v))
+    missing = sorted(v for v in compose_variables()
+                     if f"`{v}`" not in readme and not re.fullmatch(r"WILDTRACK_C\d", v))
     assert not missing and "WILDTRACK_C<k>" in readme, f"undocumented in deploy/README.md: {missing}"
 
 
@@ -357,6 +405,26 @@ def test_torch_pins_match_the_setup_script(name):
     pins = dict(re.findall(r'"(torch|torchvision)==([\w.]+)"', (ROOT / "scripts" / "setup.sh").read_text()))
     args = dict(re.findall(r"ARG (TORCH_VERSION|TORCHVISION_VERSION)=(\S+)", (DEPLOY / f"{name}.Dockerfile").read_text()))
     assert args == {"TORCH_VERSION": pins["torch"], "TORCHVISION_VERSION": pins["torchvision"]}
+
+
+@pytest.mark.parametrize("name", ["node", "server"])
+def test_image_installs_the_shipped_weights(name):
+    """`pip install .` of a tree holding shared/codec/weights/*.safetensors puts them in the image as package data;
+    the build checks that every file records.json lists is installed with its sha256."""
+    shipped = "shared/codec/weights/ldmic-fast-lite-cpu-v1.safetensors"
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert {"weights/*.safetensors", "weights/*.json"} <= set(package_data["mvic.shared.codec"])
+    instructions = dockerfile(DEPLOY / f"{name}.Dockerfile")
+    copied = [src.rstrip("/") for w, rest in instructions if w == "COPY" and "--from=" not in rest
+              for src in rest.split()[:-1]]
+    assert any(shipped.startswith(src + "/") for src in copied), f"{name}.Dockerfile does not copy {shipped}"
+    runs = [rest for w, rest in instructions if w == "RUN"]
+    assert any("pip install . " in run and "registered_weights()" in run and "sha256_of" in run for run in runs)
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    parts = shipped.split("/")
+    for prefix in ("/".join(parts[:k]) for k in range(1, len(parts) + 1)):
+        assert not any(fnmatch.fnmatch(prefix, p) for p in patterns), f".dockerignore excludes {prefix}"
 
 
 def test_node_image_takes_torch_from_the_cpu_index():

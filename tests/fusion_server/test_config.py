@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from mvic.fusion_server import cli
+from mvic.fusion_server import app, cli
 from mvic.fusion_server.config import ConfigError, load_config
 
 
@@ -14,6 +16,18 @@ def test_defaults_and_overrides(tmp_path):
     c = load_config(path, {"device": "cpu", "listen": None})
     assert c.cameras == ("C1", "C2") and c.grouping.tolerance_ms == 15.0 and c.sinks.video
     assert c.device == "cpu" and c.listen == "0.0.0.0:50051"
+
+
+def test_empty_weights_flag_means_the_installed_weights(tmp_path, monkeypatch):
+    """--weights= (docker-compose passes it when MVIC_WEIGHTS is unset) selects the installed weights of --model,
+    even over a file named in server.yaml."""
+    monkeypatch.setattr(app, "default_weights", lambda model: f"installed:{model}")
+    path = tmp_path / "server.yaml"
+    path.write_text("weights: /weights/mine.safetensors\n")
+    c = load_config(path, cli._overrides(cli.build_parser().parse_args([])))
+    assert app.weights_source(c) == Path("/weights/mine.safetensors")
+    c = load_config(path, cli._overrides(cli.build_parser().parse_args(["--weights=", "--model=ldmic-lite"])))
+    assert c.weights == "" and app.weights_source(c) == "installed:ldmic-lite"
 
 
 @pytest.mark.parametrize("text, key", [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mvic.node.cli import build_parser, config_from_args, main, parse_bytes
@@ -31,6 +33,22 @@ def test_timeline_and_resize_flags_override_yaml(tmp_path):
     args = build_parser().parse_args(["--config", str(path), "--file-timeline", "sequential", "--max-side", "1280"])
     config = config_from_args(args)
     assert config.source.file_timeline == "sequential" and config.source.max_side == 1280
+
+
+def test_empty_weights_flag_means_the_installed_weights(tmp_path, monkeypatch):
+    """--weights= (docker-compose passes it when MVIC_WEIGHTS is unset) selects the installed weights of --model,
+    even over a file named in the YAML."""
+    from mvic.node import encoder
+
+    monkeypatch.setattr(encoder, "default_weights", lambda model: f"installed:{model}")
+    monkeypatch.setattr(encoder, "load_model", lambda source, model=None: source)
+    path = write(tmp_path, "camera: C1\nencode: {weights: /weights/mine.safetensors}\n")
+    config = config_from_args(build_parser().parse_args(["--config", str(path)]))
+    assert encoder.load_encoder(config.encode) == Path("/weights/mine.safetensors")
+    config = config_from_args(build_parser().parse_args(["--config", str(path), "--weights=", "--model=ldmic-lite"]))
+    assert config.encode.weights == "" and encoder.load_encoder(config.encode) == "installed:ldmic-lite"
+    config = config_from_args(build_parser().parse_args(["--camera", "C1", "--weights="]))
+    assert encoder.load_encoder(config.encode) == f"installed:{encoder.DEFAULT_MODEL}"
 
 
 @pytest.mark.parametrize("text, key", [
