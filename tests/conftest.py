@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mvic.shared.codec.model import LDMIC
+from mvic.shared.codec import registry
 from mvic.shared.codec.registry import export_weights, load_model
 from mvic.shared.model_table import spec_by_name
 
@@ -32,6 +33,12 @@ def tiny_weights(tmp_path_factory) -> dict[str, Path]:
         export_weights(make_tiny_model(name), path)
         out[name] = path
     return out
+
+
+@pytest.fixture
+def no_installed_weights(monkeypatch) -> None:
+    """As on an installation without shipped weights: the registry lists none."""
+    monkeypatch.setattr(registry, "_REGISTRY", {})
 
 
 @pytest.fixture(params=["test-tiny-fast", "test-tiny-ar"])

@@ -57,6 +57,6 @@ def test_cli_validate_config(tmp_path, capsys):
     assert "grouping.wait" in capsys.readouterr().err
 
 
-def test_cli_without_weights_says_what_to_do(tmp_path, caplog):
+def test_cli_without_weights_says_what_to_do(tmp_path, caplog, no_installed_weights):
     assert cli.main(["--model", "ldmic-fast-lite", "--out", str(tmp_path)]) == 1
     assert "--weights" in caplog.text

@@ -130,7 +130,7 @@ def test_cli_main_runs_a_node(tmp_path, weights):
         server.stop()
 
 
-def test_cli_reports_missing_weights_as_startup_error(tmp_path, capsys):
+def test_cli_reports_missing_weights_as_startup_error(tmp_path, capsys, no_installed_weights):
     code = main(["--camera", "C1", "--server", "127.0.0.1:1", "--spool", str(tmp_path / "spool"),
                  "--config", str(_tiny_yaml(tmp_path))])
     assert code == 2  # no trained weights installed for ldmic-fast-lite; the message says to pass --weights
