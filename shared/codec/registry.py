@@ -110,6 +110,7 @@ def export_weights(model: LDMIC, path: str | Path, *, fp16_kernels: bool = False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp), metadata=metadata)
+    tmp.chmod(0o644)  # safetensors writes 0600; weights are read by other users (a container's non-root user)
     tmp.replace(path)  # never leave a half-written weights file under the real name
     digest = sha256_of(path)
     model.weights_hash = bytes.fromhex(digest)[:8]

@@ -21,6 +21,7 @@ def test_export_then_load_is_identical(tmp_path):
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
     assert loaded.gaussian_conditional._quantized_cdf.numel() > 0  # CDF tables travel with the weights
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644  # readable by a service's own user
 
 
 def test_hash_mismatch_is_refused(tmp_path):
