@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from mvic.shared.codec.fixedpoint import ExactOptions, exact_mode, quantize_sequ
 from mvic.shared.codec.gains import RateGains
 from mvic.shared.codec.images import to_padded_tensor
 from mvic.shared.codec.model import LDMIC
+from mvic.shared.codec.registry import load_model
 from mvic.shared.model_table import spec_by_name
 
 
@@ -93,6 +95,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--views", nargs="+", type=int, default=[2, 7])
     p.add_argument("--device", default="cpu", help="decode device (cuda for the GPU rows)")
+    p.add_argument("--weights", nargs="+", type=Path, default=[],
+                   help="time these weights files (e.g. shared/codec/weights/*.safetensors) instead of random "
+                        "weights of --models; rows are named by file")
     args = p.parse_args(argv)
     h, w = map(int, args.size.split("x"))
     print(f"# codec speed, {h}x{w} per view, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
@@ -101,10 +106,13 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     torch.manual_seed(0)
     models = {}
-    for name in args.models:
-        model = LDMIC(spec_by_name(name)).eval()
-        model.update(force=True)
-        model.weights_hash = b"\0" * 8
+    for name in [path.stem for path in args.weights] or args.models:
+        if args.weights:
+            model = load_model(next(path for path in args.weights if path.stem == name))
+        else:
+            model = LDMIC(spec_by_name(name)).eval()
+            model.update(force=True)
+            model.weights_hash = b"\0" * 8
         models[name] = model
         small = _image(128, 128)
         encode_stages(model, small)  # warm-up
