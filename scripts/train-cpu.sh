@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU recipe of the shipped *-cpu-v1 weights (issue 5's CPU path), one command on a plain two-core machine:
-#   scripts/train-cpu.sh [HOURS]      # default 3 h: 70 % ldmic-fast-lite, then 30 % ldmic-lite started from it
+#   scripts/train-cpu.sh [HOURS]      # default 5 h: 70 % ldmic-fast-lite, then 30 % ldmic-lite started from it
 # Builds the data with the project's own tools (mvic-corpus, mvic-scene), trains configs/lite-cpu.yaml and
 # configs/lite-cpu-ar.yaml (both resume where a previous call stopped), exports both into shared/codec/weights/,
 # evaluates them with mvic-eval on the held-out sets (synthetic seed 1000, stereo-photos) and publishes the figures
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 B=.venv/bin
-hours=${1:-3}
+hours=${1:-5}
 W=shared/codec/weights
 [ -f corpus/manifest.json ] || $B/mvic-corpus build -o corpus
 [ -f evaldata/manifest.json ] || $B/python -m mvic.shared.evaluation.stereo_photos build -o evaldata
