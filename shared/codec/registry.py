@@ -51,6 +51,13 @@ class WeightsRecord:
     def path(self) -> Path:
         return WEIGHTS_DIR / self.file
 
+    @classmethod
+    def from_json(cls, entry: dict) -> WeightsRecord:
+        """A record from its records.json entry (TypeError for unknown or missing keys)."""
+        entry = dict(entry)
+        measured = tuple(RDPoint(**p) for p in entry.pop("measured", ()))
+        return cls(measured=measured, **entry)
+
 
 _REGISTRY: dict[str, WeightsRecord] = {}
 
@@ -160,8 +167,7 @@ def _load_shipped_records() -> None:
     if not listing.is_file():
         return
     for entry in json.loads(listing.read_text()):
-        measured = tuple(RDPoint(**p) for p in entry.pop("measured", ()))
-        register_weights(WeightsRecord(measured=measured, **entry))
+        register_weights(WeightsRecord.from_json(entry))
 
 
 _load_shipped_records()

@@ -77,9 +77,7 @@ def _listing() -> Path:
 
 def _record_from(entry: dict, source: Path) -> WeightsRecord:
     try:
-        entry = dict(entry)
-        measured = tuple(RDPoint(**p) for p in entry.pop("measured", ()))
-        return WeightsRecord(measured=measured, **entry)
+        return WeightsRecord.from_json(entry)
     except TypeError as exc:
         raise WeightsError(f"{source}: not a weights record ({exc})") from None
 
