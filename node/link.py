@@ -121,9 +121,9 @@ class Link:
                     break
                 if st.code in REFUSALS and not st.welcomed.is_set():
                     delay = self.config.refused_backoff_s * random.uniform(0.8, 1.2)
-                    self.metrics.set_connection("refused")
                     log.error("server %s refused camera %s: %s: %s. To fix: %s. Retrying in %.0f s", self.target,
                               self.hello.camera_id, st.code.name, st.details, _REFUSAL_ADVICE[st.code], delay)
+                    self.metrics.set_connection("refused")  # after the log: a watcher of the state finds the reason
                 else:
                     attempt = 0 if st.welcomed.is_set() else attempt
                     ceiling = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** attempt)
