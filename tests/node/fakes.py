@@ -88,6 +88,7 @@ class Store:
     packets: dict[str, dict[int, pb.ViewPacket]] = field(default_factory=dict)
     received: list[tuple[str, int]] = field(default_factory=list)  # every (camera, sequence) that arrived
     hellos: list[pb.Hello] = field(default_factory=list)
+    hello_times: list[float] = field(default_factory=list)  # time.monotonic() of each Hello
     metadata: list[dict[str, str]] = field(default_factory=list)
 
     def acked(self, camera: str) -> int:
@@ -108,6 +109,7 @@ class FakeFusion(FusionServicer):
         first = next(request_iterator)
         hello = first.hello
         self.store.hellos.append(hello)
+        self.store.hello_times.append(time.monotonic())
         self.store.metadata.append(dict(context.invocation_metadata()))
         if self.refuse:
             context.abort(*self.refuse)

@@ -181,6 +181,7 @@ def test_refusal_is_an_error_with_advice_and_retried_slowly(tmp_path, caplog, co
             srv.stop()
             srv.start(refuse=None)  # fixed at the server: the node comes back by itself
             assert wait_for(lambda: h.spool.pending == 0, timeout=10)
-        assert len(srv.store.hellos) <= 3  # slow retries, not a tight loop
+        gaps = [b - a for a, b in zip(srv.store.hello_times, srv.store.hello_times[1:])]
+        assert gaps and min(gaps) >= 0.8 * FAST.refused_backoff_s - 0.01  # slow retries, not a tight loop
     finally:
         srv.stop()
