@@ -1,44 +1,110 @@
 #!/usr/bin/env bash
-# Train shipped models on a GPU machine with no network (torch present, compressai not): the recipe of issue 5.
-#   scripts/device-wheels.sh                       # here: MVIC + compressai + pytorch-msssim wheels into .whl/
-#   mvic-corpus build -o corpus                    # here: the real-photo corpus (carried along)
-#   scripts/device-train.sh MINUTES CONFIG...      # there: install the wheels, render the synthetic scenes,
-#                                                  # start one background training per config (runs/<config>/)
-#   scripts/device-train.sh --status [OUT]         # there: progress; with OUT, the weights as <=16 MiB pieces
-# MVIC_DEVICE=cpu runs the same recipe on a CPU (a dry run of the whole flow).
+# One GPU window, one foreground command (issue 11), on a machine whose python3 has torch but not compressai and
+# that has no network. Prepare here with scripts/device-prep.sh, then call the device tool with
+#   command: bash scripts/device-train.sh 570 configs/device-fast-lite.yaml     carry: [".device"]   timeout_s: 600
+#
+#   scripts/device-train.sh SECONDS CONFIG
+# Within SECONDS of wall time, in this order:
+#   1. install .device/whl into /tmp/site (--upgrade; any failure stops here) and import MVIC from the work tree;
+#   2. start the CPU-encode -> CUDA-decode determinism test in the background (4 CPU threads, 240 s at most) and
+#      render the synthetic plazas (one process per plaza);
+#   3. train CONFIG in the foreground until a deadline that leaves time for 4-5 (--stop-at; checkpoints every few
+#      minutes; the lr schedule is scaled to the time left); a failure before the first checkpoint (bf16, say)
+#      retries the rest of the window in float32;
+#   4. bring the weights back as <= 16 MiB pieces with the run's log.csv;
+#   5. the GPU decoding benchmark (benchmarks/gpu_decode.py) with what time is left.
+# Everything lands in $OUT (./device-out without it) as at most 8 files:
+#   NAME/piece-*.safetensors, NAME/pieces.json, NAME/log.csv, device.log, determinism.txt, bench.txt
+# MVIC_DEVICE=cpu runs the same command on a CPU (the dry run of the flow; the GPU-only steps say they are skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null || true
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-if [ "${1:-}" = "--status" ]; then
-  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true
-  for run in runs/*/; do
-    name=$(basename "$run")
-    echo "== $name: $(tail -n 1 "$run/log.csv" 2>/dev/null)"
-    tail -n 3 "runs/$name.log" 2>/dev/null | tr '\r' '\n' | tail -n 2
-    if [ -n "${2:-}" ] && [ -f "$run/checkpoint.json" ]; then
-      python3 -m mvic.shared.training.train --run "$run" --export-pieces "$2/$name" >/dev/null
-      cp "$run/log.csv" "$2/$name/log.csv"
-    fi
-  done
-  exit 0
-fi
-minutes=$1; shift
-mkdir -p data/scenes runs
-textures=(); [ -d corpus/photos ] && textures=(--textures corpus/photos)  # real photos on the scene's surfaces
-pids=()
-for s in $(seq 0 15); do  # 16 seeded plazas x 24 timestamps x 7 cameras, rendered in parallel
+start=$(date +%s)
+budget=${1:?usage: device-train.sh SECONDS CONFIG}
+cfg=${2:?usage: device-train.sh SECONDS CONFIG}
+name=$(basename "$cfg" .yaml)
+device=${MVIC_DEVICE:-cuda}
+out=${OUT:-$PWD/device-out}
+mkdir -p "$out"
+log="$out/device.log"
+say() { echo "[device-train +$(( $(date +%s) - start ))s] $*" | tee -a "$log"; }
+left() { echo $(( budget - ($(date +%s) - start) )); }
+reserve_export=25
+reserve_bench=${MVIC_BENCH_SECONDS:-110}
+
+wheels=${MVIC_DEVICE_WHEELS:-.device/whl}
+say "installing $(ls "$wheels" | tr '\n' ' ')"
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$wheels"/*.whl 2>&1 \
+  | tee -a "$log"
+mkdir -p /tmp/src/mvic  # MVIC from the work tree (its weights travel once): the namespace package mvic.*
+for part in shared node fusion_server; do ln -sfn "$PWD/$part" "/tmp/src/mvic/$part"; done
+export PYTHONPATH=/tmp/src:/tmp/site:$PWD PYTHONUNBUFFERED=1
+python3 -c "import compressai, pytorch_msssim, torch, mvic.shared.training.train as t; \
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'compressai', compressai.__version__)" \
+  2>&1 | tee -a "$log"
+[ "$device" = cpu ] || python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" \
+  || { say "CUDA is not available here; set MVIC_DEVICE=cpu for a dry run"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee -a "$log" || true
+
+scenes=${MVIC_SCENES:-14}
+frames=${MVIC_SCENE_FRAMES:-12}
+say "rendering $scenes synthetic plazas x $frames timestamps x 7 cameras in the background"
+mkdir -p data/scenes
+render_pids=()
+for s in $(seq 0 $((scenes - 1))); do
   [ -d "data/scenes/s$s" ] && continue
-  ( python3 -m mvic.shared.scene -o "data/scenes/.s$s" --frames 24 --cameras 7 --size 288x512 --seed "$s" \
-      "${textures[@]}" >/dev/null && mv "data/scenes/.s$s" "data/scenes/s$s" ) &
-  pids+=($!)
+  ( nice -n 5 python3 -m mvic.shared.scene -o "data/scenes/.s$s" --frames "$frames" --cameras 7 --size 288x512 \
+      --seed "$s" --textures .device/corpus/photos >/dev/null && mv "data/scenes/.s$s" "data/scenes/s$s" ) &
+  render_pids+=($!)
 done
-for pid in "${pids[@]}"; do
-  wait "$pid" || { echo "device-train: rendering the synthetic scenes failed (see above)" >&2; exit 1; }
+
+det_pid=
+if [ "$device" = cpu ]; then
+  echo "skipped: no CUDA device (dry run)" > "$out/determinism.txt"
+else  # beside the rendering and the training, on 4 CPU threads, so that it costs the training little
+  say "determinism: CPU encode -> CUDA decode (pytest -m gpu), in the background"
+  OMP_NUM_THREADS=4 timeout 240 nice -n 10 python3 -m pytest -q -p no:cacheprovider -m gpu \
+    tests/shared/codec/test_determinism.py > "$out/determinism.txt" 2>&1 &
+  det_pid=$!
+fi
+for pid in "${render_pids[@]}"; do
+  wait "$pid" || { say "rendering the synthetic plazas failed"; exit 1; }
 done
-for cfg in "$@"; do
-  name=$(basename "$cfg" .yaml)
-  setsid nohup python3 -m mvic.shared.training.train --config "$cfg" --run "runs/$name" --device "${MVIC_DEVICE:-cuda}" \
-    --max-minutes "$minutes" >"runs/$name.log" 2>&1 < /dev/null &
-  echo "started $name (log runs/$name.log)"
-done
+say "scenes ready: $(ls data/scenes | wc -l)"
+
+run=/tmp/runs/$name
+train_until() {  # CONFIG: train in the foreground until stop_at; the hard stop only ends a run that overran it
+  set +e
+  timeout $(( stop_at - $(date +%s) + reserve_bench / 2 )) python3 -m mvic.shared.training.train --config "$1" \
+    --run "$run" --device "$device" --stop-at "$stop_at" --quiet 2>&1 | tail -n 20 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+  set -e
+  say "training ended (exit $status): $(tail -n 1 "$run/log.csv" 2>/dev/null)"
+}
+stop_at=$(( $(date +%s) + $(left) - reserve_export - reserve_bench ))
+say "training $name on $device until +$(( stop_at - start ))s (run $run)"
+train_until "$cfg"
+if [ "$status" != 0 ] && [ ! -f "$run/checkpoint.json" ] && [ $(( stop_at - $(date +%s) )) -gt 90 ]; then
+  # a failure before the first checkpoint (e.g. in bf16 autocast): the rest of the window in float32
+  python3 -c "import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); c['optim']['amp'] = 'off'; \
+yaml.safe_dump(c, open(sys.argv[2], 'w'))" "$cfg" /tmp/fp32.yaml
+  rm -rf "$run"
+  say "retrying in float32 (optim.amp: off)"
+  train_until /tmp/fp32.yaml
+fi
+if [ -f "$run/checkpoint.json" ]; then
+  python3 -m mvic.shared.training.train --run "$run" --export-pieces "$out/$name" | tee -a "$log"
+  cp "$run/log.csv" "$out/$name/log.csv"
+else
+  say "no checkpoint was written: nothing to bring back"
+fi
+
+[ -z "$det_pid" ] || wait "$det_pid" || true
+say "determinism: $(tail -n 1 "$out/determinism.txt")"
+if [ "$device" = cpu ]; then
+  echo "skipped: no CUDA device (dry run)" > "$out/bench.txt"
+elif [ "$(left)" -gt 20 ]; then
+  say "benchmark: gpu_decode.py for $(( $(left) - 5 )) s at most"
+  timeout $(( $(left) - 5 )) python3 benchmarks/gpu_decode.py > "$out/bench.txt" 2>&1 || true
+fi
+say "done; files: $(cd "$out" && find . -type f | sort | tr '\n' ' ')"
+[ "$status" = 0 ]

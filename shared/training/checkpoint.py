@@ -8,10 +8,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from mvic.shared.training.ema import WeightsEMA
+
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                    config: dict) -> Path:
+                    config: dict, ema: WeightsEMA | None = None) -> Path:
+    """Writes the checkpoint atomically (tensors, then the JSON that names the step). With ``ema``, its average is
+    stored under ``ema/`` and is what ``load_state`` (export, pieces, init_from) reads from the run."""
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in ema.averaged().items()})
     groups = {}
     for name, opt in optimizers.items():
         state = opt.state_dict()
@@ -23,17 +29,27 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizers
     tmp = run_dir / "checkpoint.safetensors.tmp"
     save_file(tensors, str(tmp))
     meta = run_dir / "checkpoint.json.tmp"
-    meta.write_text(json.dumps({"step": step, "config": config, "param_groups": groups}, indent=1))
+    meta.write_text(json.dumps({"step": step, "config": config, "param_groups": groups,
+                                "ema_updates": ema.updates if ema is not None else None}, indent=1))
     tmp.replace(run_dir / "checkpoint.safetensors")
     meta.replace(run_dir / "checkpoint.json")
     return run_dir / "checkpoint.safetensors"
 
 
-def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> int:
-    """Restore model and optimizers in place; returns the step to continue from."""
+def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                    ema: WeightsEMA | None = None) -> int:
+    """Restore model, optimizers and the weights' average in place; returns the step to continue from.
+
+    A checkpoint written without an average starts ``ema`` from the restored weights."""
     meta = json.loads((run_dir / "checkpoint.json").read_text())
     tensors = load_file(str(run_dir / "checkpoint.safetensors"))
-    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
+    model.load_state_dict(_prefixed(tensors, "model/"), strict=True)
+    if ema is not None:
+        averaged = _prefixed(tensors, "ema/")
+        if averaged:
+            ema.load(averaged, int(meta.get("ema_updates") or 0))
+        else:
+            ema.load(dict(model.named_parameters()), 0)
     for name, opt in optimizers.items():
         state: dict[int, dict] = {}
         for key, value in tensors.items():
@@ -42,6 +58,10 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizers: dict[str,
                 state.setdefault(int(parts[1]), {})[parts[2]] = value
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
     return int(meta["step"])
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 PIECES_INDEX = "pieces.json"
@@ -90,7 +110,7 @@ def load_state(source: Path) -> dict[str, torch.Tensor]:
         return state
     if source.is_dir() and (source / "checkpoint.safetensors").is_file():
         tensors = load_file(str(source / "checkpoint.safetensors"))
-        return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+        return {**_prefixed(tensors, "model/"), **_prefixed(tensors, "ema/")}  # the average where the run kept one
     if source.is_file():
         return load_file(str(source))
     raise FileNotFoundError(f"{source}: not a weights file, a pieces folder or a run folder")

@@ -38,6 +38,8 @@ class OptimConfig:
     metric: str = "mse"  # mse | ms-ssim (lambda_ms-ssim = lambda_mse / 32: 8..128 as in the paper)
     amp: str = "off"  # off | bf16: transforms and JCT in bfloat16 on CUDA, the entropy model always in float32
     workers: int = 0  # DataLoader processes preparing batches (0: in the training process)
+    lambdas: tuple[float, ...] = ()  # the rate points' lambdas, lowest rate first (empty: the model table's)
+    ema: float = 0.0  # decay of the weights' moving average that checkpoints keep and exports use (0: off)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class RunConfig:
     model: str = "ldmic-fast-lite"
     seed: int = 0
     log_every: int = 10
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # steps between checkpoints
+    checkpoint_minutes: float = 0.0  # and at most this much wall time between them (0: by steps only)
     init_from: str = ""  # start a new run from these weights (.safetensors, or a folder of pieces from --export-pieces)
     data: DataConfig = field(default_factory=DataConfig)
     extra_data: tuple[DataConfig, ...] = ()  # further sources mixed in by weight (one source per batch)

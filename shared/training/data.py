@@ -117,6 +117,10 @@ class Batch:
     images: torch.Tensor  # (B, K, 3, h, w) float in [0, 1]
     rate: torch.Tensor  # (B,) rate indexes
 
+    def pin_memory(self) -> "Batch":
+        """Called by a DataLoader with pin_memory=True, so that the copies to the GPU really are non-blocking."""
+        return Batch(self.images.pin_memory(), self.rate.pin_memory())
+
 
 class GroupBatcher:
     def __init__(self, source: GroupSource, batch_size: int, crop: int, k_min: int, k_max: int, num_rates: int,

@@ -48,6 +48,7 @@ from mvic.shared.training.data import (
     SyntheticGroups,
 )
 from mvic.shared.training.datasets import Cityscapes, InStereo2K, WildTrackFrames, WildTrackSubsets
+from mvic.shared.training.ema import WeightsEMA
 from mvic.shared.training.photo_views import PhotoWarpGroups
 
 
@@ -56,17 +57,27 @@ def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.T
     b, v, _, h, w = x.shape
     bits = (out.likelihoods_y.log2().sum(dim=(1, 2, 3, 4)) + out.likelihoods_z.log2().sum(dim=(1, 2, 3, 4))).neg()
     bpp = bits / (v * h * w)  # (B,) mean bpp per view
-    mse = (out.x_hat - x).pow(2).mean(dim=(1, 2, 3, 4))  # (B,)
+    x_hat = out.x_hat.float()  # bf16 under autocast; the distortion is always measured in float32
+    mse = (x_hat - x).pow(2).mean(dim=(1, 2, 3, 4))  # (B,)
     lam = lambdas[rate]
     if metric == "mse":
         distortion = mse
     elif metric == "ms-ssim":
-        sim = ms_ssim(out.x_hat.flatten(0, 1).clamp(0, 1), x.flatten(0, 1), data_range=1.0, size_average=False)
+        sim = ms_ssim(x_hat.flatten(0, 1).clamp(0, 1), x.flatten(0, 1), data_range=1.0, size_average=False)
         distortion = 1 - sim.view(b, v).mean(dim=1)
         lam = lam / 32
     else:
         raise ValueError(f"metric must be mse or ms-ssim, got {metric!r}")
     return (lam * distortion + bpp).mean(), bpp.mean(), mse.mean()
+
+
+def training_lambdas(cfg: RunConfig, num_rates: int, default: tuple[float, ...]) -> tuple[float, ...]:
+    """The lambda of each rate point: ``optim.lambdas`` when set (one per rate point, increasing), else the model's."""
+    lambdas = cfg.optim.lambdas or default
+    if len(lambdas) != num_rates or any(b <= a for a, b in zip(lambdas, lambdas[1:])) or min(lambdas) <= 0:
+        raise ValueError(f"optim.lambdas must be {num_rates} positive increasing values (one per rate point), "
+                         f"got {list(lambdas)}")
+    return tuple(float(x) for x in lambdas)
 
 
 def make_source(d: DataConfig, seed: int) -> GroupSource:
@@ -130,8 +141,13 @@ def init_weights(model: LDMIC, source: Path) -> None:
 
 
 def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float | None = None,
-          progress: bool = True) -> int:
-    """Train until optim.max_steps or the time budget; checkpoints in run_dir. Returns the last step."""
+          progress: bool = True, stop_at: float | None = None) -> int:
+    """Train until optim.max_steps or the time budget; checkpoints in run_dir. Returns the last step.
+
+    Checkpoints every ``checkpoint_every`` steps and, with ``checkpoint_minutes``, whenever that much time has
+    passed since the last one, so a process stopped at any moment loses at most that much work. ``stop_at`` (Unix
+    time) ends the run at that moment whatever its start-up cost; the time-budgeted lr decays then use the time left
+    when training starts as the budget."""
     torch.manual_seed(cfg.seed)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -148,17 +164,20 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     opt = torch.optim.Adam(main_params, lr=cfg.optim.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=cfg.optim.aux_lr)
     optimizers = {"main": opt, "aux": aux_opt}
-    step = load_checkpoint(run_dir, model, optimizers) if resuming else 0
+    ema = WeightsEMA(model, cfg.optim.ema) if cfg.optim.ema else None
+    step = load_checkpoint(run_dir, model, optimizers, ema) if resuming else 0
     batches = make_batches(cfg, spec.num_rates, seed=cfg.seed + step)
-    lambdas = torch.tensor(spec.lambdas, device=device)
+    lambdas = torch.tensor(training_lambdas(cfg, spec.num_rates, spec.lambdas), device=device)
     amp = cfg.optim.amp == "bf16" and device.startswith("cuda")
     if cfg.optim.amp not in ("off", "bf16"):
         raise ValueError(f"optim.amp must be off or bf16, got {cfg.optim.amp!r}")
-    deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
+    if stop_at is not None:
+        max_minutes = min(max_minutes or math.inf, max(0.0, stop_at - time.time()) / 60)
+    deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else math.inf
     log_path = run_dir / "log.csv"
     new_log = not log_path.is_file()
     run_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
+    t0 = last_checkpoint = time.monotonic()
     skipped = 0
     bar = tqdm(total=cfg.optim.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     with open(log_path, "a", newline="") as log_file:
@@ -192,6 +211,8 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
             aux_opt.zero_grad(set_to_none=True)
             aux.backward()
             aux_opt.step()
+            if ema is not None:
+                ema.update()
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == 1:
@@ -201,12 +222,14 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
                               f"{lr:.3g}", f"{time.monotonic() - t0:.1f}", x.shape[1]])
                 log_file.flush()
                 bar.set_postfix(loss=f"{loss:.4f}", bpp=f"{bpp:.3f}", psnr=f"{psnr:.2f}", K=x.shape[1])
-            if step % cfg.checkpoint_every == 0:
-                save_checkpoint(run_dir, step, model, optimizers, to_dict(cfg))
+            due = cfg.checkpoint_minutes and time.monotonic() - last_checkpoint >= 60 * cfg.checkpoint_minutes
+            if step % cfg.checkpoint_every == 0 or due:
+                save_checkpoint(run_dir, step, model, optimizers, to_dict(cfg), ema)
+                last_checkpoint = time.monotonic()
     bar.close()
     if skipped:
         print(f"skipped {skipped} batches with a non-finite loss", file=sys.stderr)
-    save_checkpoint(run_dir, step, model, optimizers, to_dict(cfg))
+    save_checkpoint(run_dir, step, model, optimizers, to_dict(cfg), ema)
     return step
 
 
@@ -250,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config (defaults: RunConfig in config.py)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
+    p.add_argument("--stop-at", type=float, metavar="UNIX_TIME",
+                   help="stop (with a checkpoint) at this moment, start-up included (e.g. $(( $(date +%%s) + 480 )))")
     p.add_argument("--export", type=Path, metavar="FILE", help="export the run's checkpoint as weights and exit")
     p.add_argument("--fp16-kernels", action="store_true",
                    help="with --export: store convolution kernels in float16 (half the size; still bit-exact)")
@@ -279,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.validate_config:
         print("config ok")
         return 0
-    step = train(cfg, args.run, args.device, args.max_minutes, progress=not args.quiet)
+    step = train(cfg, args.run, args.device, args.max_minutes, progress=not args.quiet, stop_at=args.stop_at)
     print(f"stopped at step {step}; checkpoint in {args.run}")
     return 0
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Here, before a GPU window (issue 11): what the device machine lacks, in .device/ (git-ignored; carried by the call).
+#   .device/whl/     compressai 1.2.8 (cp312 manylinux) and pytorch-msssim. No MVIC wheel: the work tree travels
+#                    anyway and scripts/device-train.sh imports MVIC from it, so the weights travel once.
+#   .device/corpus/  the photo corpus cut to fit: its train split only, long side 768 px, JPEG quality 88.
+# Then checks that the tree plus .device/ fits what one call may carry (64 MiB; 60 MiB here, for margin).
+#   scripts/device-prep.sh [PYTHON_VERSION]      (default 3.12, the device machine's)
+# The device command (one call, within its 600 s):
+#   bash scripts/device-train.sh 570 configs/device-fast-lite.yaml        carry: [".device"], timeout_s: 600
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pyver=${1:-3.12}
+B=.venv/bin
+limit_mib=60
+mkdir -p .device/whl
+rm -f .device/whl/*.whl
+plat=(--platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+$B/python -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
+  "${plat[@]}" -d .device/whl compressai==1.2.8
+$B/python -m pip download -q --no-deps --only-binary=:all: -d .device/whl pytorch-msssim==1.0.0
+if [ ! -f .device/corpus/manifest.json ]; then
+  rm -rf .device/corpus.tmp
+  $B/mvic-corpus build -o .device/corpus.tmp --max-side 768 --quality 88 >/dev/null
+  $B/python - .device/corpus.tmp <<'EOF'
+import json, sys
+from pathlib import Path
+root = Path(sys.argv[1])  # keep the train split only: the test split is never trained on, so it need not travel
+manifest = json.loads((root / "manifest.json").read_text())
+for photo in manifest["photos"]:
+    if photo["split"] != "train":
+        (root / photo["file"]).unlink()
+manifest["photos"] = [p for p in manifest["photos"] if p["split"] == "train"]
+(root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+EOF
+  mv .device/corpus.tmp .device/corpus
+fi
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r du -cb 2>/dev/null | tail -n 1 | cut -f1)
+carried=$(du -sb .device | cut -f1)
+total=$(( (tree + carried) >> 20 ))
+echo "device-prep: tree $((tree >> 20)) MiB + .device $((carried >> 20)) MiB = ${total} MiB (limit ${limit_mib})"
+ls -1 .device/whl
+echo "corpus: $(ls .device/corpus/photos | wc -l) photos"
+if [ "$total" -gt "$limit_mib" ]; then
+  echo "device-prep: over ${limit_mib} MiB; cut the corpus (--max-side) or drop files from the tree" >&2
+  exit 1
+fi
