@@ -5,7 +5,8 @@
 Weights are random (speed does not depend on training; bits do). Encode stages: analysis (g_a), hyper (h_a, and
 h_s in exact integer form), entropy parameters (context model + EP, exact), rANS (symbol coding incl. list
 conversion). Decode: entropy decoding (z, h_s, context, rANS) and synthesis (JCT + g_s), all K views of a group.
-Prints a Markdown table; one warm-up run precedes each timed run.
+Prints a Markdown table; one warm-up run precedes each timed run. CPU only: the GPU path (entropy decoding on CPU
+workers, synthesis on the GPU, synchronized) is benchmarks/gpu_decode.py.
 """
 
 from __future__ import annotations
@@ -94,14 +95,13 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["ldmic-fast-lite", "ldmic-lite", "ldmic-fast", "ldmic"])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--views", nargs="+", type=int, default=[2, 7])
-    p.add_argument("--device", default="cpu", help="decode device (cuda for the GPU rows)")
     p.add_argument("--weights", nargs="+", type=Path, default=[],
                    help="time these weights files (e.g. shared/codec/weights/*.safetensors) instead of random "
                         "weights of --models; rows are named by file")
     args = p.parse_args(argv)
     h, w = map(int, args.size.split("x"))
     print(f"# codec speed, {h}x{w} per view, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads available, decode on {args.device}\n")
+          f"{torch.get_num_threads()} threads available; GPU decoding: benchmarks/gpu_decode.py\n")
     print("| model | enc threads | analysis s | hyper s | entropy params s | rANS s | encode total s |")
     print("|---|---|---|---|---|---|---|")
     torch.manual_seed(0)
@@ -125,17 +125,10 @@ def main(argv=None) -> int:
     print("\n| model | K views | entropy decode s | synthesis s | decode total s | per view s |")
     print("|---|---|---|---|---|---|")
     for name, model in models.items():
-        model = model.to(args.device)
-        views = [model.to("cpu").compress_view(_image(h, w, seed=k), 2, camera_id=f"C{k + 1}")
-                 for k in range(max(args.views))]
-        model = model.to(args.device)
+        views = [model.compress_view(_image(h, w, seed=k), 2, camera_id=f"C{k + 1}") for k in range(max(args.views))]
         for k in args.views:
             decode_time(model, views[:1])  # warm-up
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
             te, ts = decode_time(model, views[:k])
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
             print(f"| {name} | {k} | {te:.2f} | {ts:.2f} | {te + ts:.2f} | {(te + ts) / k:.2f} |", flush=True)
     return 0
 

@@ -7,7 +7,8 @@ on the CPU with one thread, unpacked from real packets and entropy-decoded on ``
 symbols differ from the CPU's (or whose symbol CRC fails) counts as a desync. The reconstructions of a sample are
 compared too (PSNR of device vs CPU synthesis: float networks, so close but not bit-identical across devices).
 Then one joint decode of K = 2 and K = 7 views at ``--size`` is timed on the device (entropy decoding and synthesis,
-with a warm-up and CUDA synchronisation). Prints a Markdown table.
+with a warm-up and CUDA synchronisation). Prints a Markdown table. The server's real split (entropy decoding on CPU
+workers, synthesis batched on the GPU) is timed by benchmarks/gpu_decode.py.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def _views(n: int, h: int, w: int) -> list[np.ndarray]:
 
 @torch.no_grad()
 def check(weights: str, device: str, images: int, size: tuple[int, int]) -> dict:
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the camera's encoder: one thread
     enc = load_model(weights)
     dec = load_model(weights, device=device)
     desync = 0
@@ -58,7 +60,7 @@ def check(weights: str, device: str, images: int, size: tuple[int, int]) -> dict
         desync += not same
         if i < 10:
             worst_psnr = min(worst_psnr, psnr(dec.decompress([view])[0].image, enc.decompress([view])[0].image))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(threads)
     h, w = size
     group = Scene(SceneConfig(seed=6000, cameras=7, height=h, width=w)).render(0)
     packets = [unpack(pack(enc.compress_view(v, 2, camera_id=f"C{k + 1}", sequence=1))) for k, v in enumerate(group)]
@@ -88,8 +90,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="1080x1920")
     args = p.parse_args(argv)
     size = tuple(int(s) for s in args.size.split("x"))
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
-    print(f"encode: CPU ({platform.machine()}, 1 thread); decode: {args.device} ({name}); torch {torch.__version__}")
+    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor()
+    print(f"encode: CPU ({platform.machine()}; 1 thread for the desync check, {torch.get_num_threads()} for the "
+          f"timed group); decode: {args.device} ({name}); torch {torch.__version__}")
     print("| model | views | desyncs | worst PSNR device vs CPU synthesis | "
           f"K=2 entropy+synthesis s | K=7 entropy+synthesis s ({args.size}) |")
     print("|---|---|---|---|---|---|")

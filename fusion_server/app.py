@@ -63,6 +63,7 @@ class FusionApp:
         self._server: grpc.aio.Server | None = None
         self._page: LivePage | None = None
         self._metrics_server = None
+        self._fault_task: asyncio.Task | None = None
         self.port = 0  # bound gRPC port (useful with listen port 0)
         self.http_port = 0
 
@@ -97,7 +98,7 @@ class FusionApp:
         model = await asyncio.to_thread(self._model_loader, device)
         # Entropy decoding runs on CPU workers: with a GPU for synthesis they get a CPU copy of the same weights.
         entropy_model = model if device == "cpu" else await asyncio.to_thread(self._model_loader, "cpu")
-        self.core.attach_decoder(GroupDecoder(model, entropy_model))
+        self.core.attach_decoder(GroupDecoder(model, entropy_model), on_device_fault=self._device_fault)
         self.metrics.model_loaded.set(1)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("model %s (weights %s) loaded: entropy decoding on %d CPU worker(s), synthesis on %s in batches of "
@@ -127,6 +128,13 @@ class FusionApp:
             await stop.wait()
         finally:
             await self.stop()
+
+    def _device_fault(self, reason: str) -> None:
+        """Synthesis left the GPU for the CPU: frames keep flowing, slower; health says NOT_SERVING so that an
+        orchestrator restarts this server or routes cameras elsewhere."""
+        log.error("health NOT_SERVING: %s", reason)
+        self._fault_task = asyncio.get_running_loop().create_task(
+            self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING))
 
     async def _set_health(self, status) -> None:
         for name in ("", SERVICE_NAME):

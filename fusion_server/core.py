@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from mvic.fusion_server.acks import AckJournal, AckTracker
@@ -83,11 +83,13 @@ class FusionCore:
         self._tasks = [asyncio.create_task(self._sink_loop(), name="mvic-sink"),
                        asyncio.create_task(self._expire_loop(), name="mvic-expire")]
 
-    def attach_decoder(self, decoder: GroupDecoder) -> None:
-        """Streams are taken from now on; cameras of the journal are awaited for away_wait_ms (they reconnect)."""
+    def attach_decoder(self, decoder: GroupDecoder, on_device_fault: Callable[[str], None] | None = None) -> None:
+        """Streams are taken from now on; cameras of the journal are awaited for away_wait_ms (they reconnect).
+        ``on_device_fault(reason)`` is called on the event loop when synthesis leaves the GPU for the CPU."""
         self._decoder = decoder
         d = self.config.decode
-        self._pipeline = DecodePipeline(decoder, self.metrics, workers=d.workers, max_batch=d.max_batch)
+        self._pipeline = DecodePipeline(decoder, self.metrics, workers=d.workers, max_batch=d.max_batch,
+                                        on_device_fault=on_device_fault)
         self._pipeline.start()
         now = time.monotonic()
         for camera in self._durable:

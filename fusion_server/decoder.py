@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -45,6 +45,19 @@ from mvic.shared.model_table import MODELS_BY_ID
 log = logging.getLogger(__name__)
 
 Failed = tuple[ReceivedView, PacketRejected]
+
+_DEVICE_ERRORS = tuple(t for t in (torch.cuda.OutOfMemoryError, getattr(torch, "AcceleratorError", None)) if t)
+_DEVICE_WORDS = ("CUDA", "cuDNN", "CUDNN", "CUBLAS", "cuBLAS", "NCCL", "device-side assert")
+
+
+class DeviceFaultError(RuntimeError):
+    """Synthesis failed because of the device, not the views: they are synthesized again, never rejected."""
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Out of device memory, or an error of CUDA or its libraries (which can leave the CUDA context unusable)."""
+    return isinstance(exc, _DEVICE_ERRORS) or (isinstance(exc, RuntimeError) and any(w in str(exc)
+                                                                                     for w in _DEVICE_WORDS))
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,17 @@ class GroupDecoder:
         self.model_name = model.spec.name
         self.weights_hash: bytes = model.weights_hash
         self.format_version = FORMAT_VERSION
+
+    @property
+    def device(self) -> str:
+        return str(self.model.gains.y_inverse.device)
+
+    def fall_back_to_cpu(self) -> bool:
+        """Synthesize with the CPU copy from now on (after a device fault); False when there is none to go to."""
+        if self.entropy_model is self.model:
+            return False
+        self.model = self.entropy_model
+        return True
 
     def check_header(self, header: ViewHeader) -> None:
         """Raise a PacketRejected when this server can never decode the view."""
@@ -174,7 +198,10 @@ class GroupDecoder:
 
     # ------------------------------------------------------------------------------ stage 2: device thread
     def synthesize(self, parts: Sequence[ViewLatents]) -> list[Synthesized]:
-        """Synthesize several groups' latents in one call (batched by shape); one Synthesized per part, in order."""
+        """Synthesize several groups' latents in one call (batched by shape); one Synthesized per part, in order.
+
+        A failed batch is retried part by part, a failed joint part view by view; a view that fails alone is
+        rejected. A device fault (``is_device_fault``) of a single part raises DeviceFaultError instead."""
         if not parts:
             return []
         try:
@@ -182,7 +209,11 @@ class GroupDecoder:
         except (MVICError, RuntimeError, ValueError) as exc:
             if len(parts) > 1:
                 log.warning("batched synthesis of %d groups failed (%s); synthesizing each alone", len(parts), exc)
+                if isinstance(exc, torch.cuda.OutOfMemoryError):
+                    torch.cuda.empty_cache()
                 return [self.synthesize([p])[0] for p in parts]
+            if is_device_fault(exc):  # not the views' fault: DecodePipeline moves to the CPU and tries again
+                raise DeviceFaultError(f"synthesis on {self.device} failed: {exc}") from exc
             part = parts[0]
             if len(part.views) == 1:
                 return [Synthesized((), ((part.views[0], _as_rejection(part.views[0], exc)),))]
@@ -222,8 +253,10 @@ class DecodePipeline:
     as a task on the same loop (``start`` / ``stop``), so the pending list needs no lock.
     """
 
-    def __init__(self, decoder: GroupDecoder, metrics: ServerMetrics, *, workers: int, max_batch: int):
+    def __init__(self, decoder: GroupDecoder, metrics: ServerMetrics, *, workers: int, max_batch: int,
+                 on_device_fault: Callable[[str], None] | None = None):
         self.decoder = decoder
+        self.on_device_fault = on_device_fault
         self.metrics = metrics
         self.max_batch = max_batch
         self._entropy_pool = ThreadPoolExecutor(workers, thread_name_prefix="mvic-entropy")
@@ -267,6 +300,18 @@ class DecodePipeline:
         self._pending.extend((job, part) for part in entropy.parts)
         self._wakeup.set()
 
+    def _device_fault(self, exc: DeviceFaultError) -> bool:
+        """Count it, move synthesis to the CPU copy and tell the server; False when there is no CPU copy."""
+        self.metrics.device_faults.inc()
+        device = self.decoder.device
+        moved = self.decoder.fall_back_to_cpu()
+        reason = (f"{exc}; synthesis moved from {device} to the CPU (slower) and the groups in flight are decoded "
+                  f"again there; restart the server to use the GPU again" if moved else str(exc))
+        log.error("device fault: %s", reason)
+        if self.on_device_fault is not None:
+            self.on_device_fault(reason)
+        return moved
+
     def _next_batch(self) -> list[tuple[_Job, ViewLatents]]:
         """The oldest ready part and up to max_batch - 1 younger ones of its shape, in order."""
         shape = self._pending[0][1].latents.shape
@@ -287,6 +332,12 @@ class DecodePipeline:
             start = time.perf_counter()
             try:
                 done = await loop.run_in_executor(self._device_pool, self.decoder.synthesize, [p for _, p in batch])
+            except DeviceFaultError as exc:
+                if self._device_fault(exc):
+                    self._pending.extendleft(reversed(batch))  # the same groups again, first, on the CPU
+                    continue
+                done = [Synthesized((), tuple((v, DecodeFailedError(v.sequence, f"decoder error: {exc}"))
+                                              for v in part.views)) for _, part in batch]
             except Exception as exc:  # a bug, not a bad view: fail these groups' views, keep serving the others
                 log.exception("synthesis of %d group(s) failed", len(batch))
                 done = [Synthesized((), tuple((v, DecodeFailedError(v.sequence, f"decoder error: {exc}"))

@@ -51,6 +51,9 @@ class ServerMetrics:
         self.capture_latency = Histogram(p + "capture_to_ack_seconds",
                                          "Capture (camera clock) to ack (server clock); includes clock offset",
                                          ["camera"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.device_faults = Counter(p + "device_faults_total",
+                                     "Device (CUDA) faults in synthesis; the first moves synthesis to the CPU",
+                                     registry=registry)
         self.sink_errors = Counter(p + "sink_errors_total", "Groups whose reconstructions could not be written",
                                    registry=registry)
         self.acked_sequence = Gauge(p + "acked_sequence", "Cumulative acked sequence", ["camera"], registry=registry)

@@ -19,8 +19,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-budget=${1:?usage: device-train.sh SECONDS CONFIG}
-cfg=${2:?usage: device-train.sh SECONDS CONFIG}
+budget=${1:?usage: device-train.sh SECONDS CONFIG [INIT]}
+cfg=${2:?usage: device-train.sh SECONDS CONFIG [INIT]}
+init=(); [ -z "${3:-}" ] || init=(--init-from "$3")  # weights to start a new run from, instead of the config's
 name=$(basename "$cfg" .yaml)
 device=${MVIC_DEVICE:-cuda}
 out=${OUT:-$PWD/device-out}
@@ -46,6 +47,7 @@ print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'compressai
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee -a "$log" || true
 
 scenes=${MVIC_SCENES:-14}
+grep -q 'data/scenes' "$cfg" || scenes=0  # a photos-only config renders nothing
 frames=${MVIC_SCENE_FRAMES:-12}
 say "rendering $scenes synthetic plazas x $frames timestamps x 7 cameras in the background"
 mkdir -p data/scenes
@@ -58,8 +60,8 @@ for s in $(seq 0 $((scenes - 1))); do
 done
 
 det_pid=
-if [ "$device" = cpu ]; then
-  echo "skipped: no CUDA device (dry run)" > "$out/determinism.txt"
+if [ "$device" = cpu ] || [ "${MVIC_DETERMINISM:-1}" = 0 ]; then
+  echo "skipped (dry run on a CPU, or MVIC_DETERMINISM=0)" > "$out/determinism.txt"
 else  # beside the rendering and the training, on 4 CPU threads, so that it costs the training little
   say "determinism: CPU encode -> CUDA decode (pytest -m gpu), in the background"
   OMP_NUM_THREADS=4 timeout 240 nice -n 10 python3 -m pytest -q -p no:cacheprovider -m gpu \
@@ -75,7 +77,7 @@ run=/tmp/runs/$name
 train_until() {  # CONFIG: train in the foreground until stop_at; the hard stop only ends a run that overran it
   set +e
   timeout $(( stop_at - $(date +%s) + reserve_bench / 2 )) python3 -m mvic.shared.training.train --config "$1" \
-    --run "$run" --device "$device" --stop-at "$stop_at" --quiet 2>&1 | tail -n 20 | tee -a "$log"
+    --run "$run" --device "$device" --stop-at "$stop_at" --quiet "${init[@]}" 2>&1 | tail -n 20 | tee -a "$log"
   status=${PIPESTATUS[0]}
   set -e
   say "training ended (exit $status): $(tail -n 1 "$run/log.csv" 2>/dev/null)"
@@ -100,8 +102,8 @@ fi
 
 [ -z "$det_pid" ] || wait "$det_pid" || true
 say "determinism: $(tail -n 1 "$out/determinism.txt")"
-if [ "$device" = cpu ]; then
-  echo "skipped: no CUDA device (dry run)" > "$out/bench.txt"
+if [ "$device" = cpu ] || [ "$reserve_bench" -lt 30 ]; then
+  echo "skipped (dry run on a CPU, or MVIC_BENCH_SECONDS < 30)" > "$out/bench.txt"
 elif [ "$(left)" -gt 20 ]; then
   say "benchmark: gpu_decode.py for $(( $(left) - 5 )) s at most"
   timeout $(( $(left) - 5 )) python3 benchmarks/gpu_decode.py > "$out/bench.txt" 2>&1 || true

@@ -29,9 +29,8 @@ from mvic.shared.codec.fixedpoint import (
     ACT_LIMIT,
     ExactOptions,
     dequantize_fixed,
+    exact_form,
     from_fixed,
-    quantize_conv,
-    quantize_sequential,
     round_shift,
     run_rows,
 )
@@ -101,8 +100,8 @@ class CheckerboardContext(_ContextBase):
              opts: ExactOptions) -> CodedLatent:
         b, _, h, w = params_fx.shape
         m = self.m
-        ep = quantize_sequential(self.entropy_parameters)
-        ctx_conv = quantize_conv(self.context_prediction)
+        ep = exact_form(self.entropy_parameters)
+        ctx_conv = exact_form(self.context_prediction)
         anchor = self.anchor_mask(h, w, params_fx.device)
         y_hat_fx = params_fx.new_zeros(b, m, h, w)
         scales = params_fx.new_zeros(b, m, h, w)
@@ -140,8 +139,8 @@ class AutoregressiveContext(_ContextBase):
              opts: ExactOptions) -> CodedLatent:
         b, _, h, w = params_fx.shape
         m = self.m
-        ep = quantize_sequential(self.entropy_parameters)
-        ctx = quantize_conv(self.context_prediction)  # weight (2M, M, 5, 5), causal taps only
+        ep = exact_form(self.entropy_parameters)
+        ctx = exact_form(self.context_prediction)  # weight (2M, M, 5, 5), causal taps only
         # The 12 causal taps of the 5x5 mask A: the two rows above (10) and two to the left (2).
         w12 = torch.cat([ctx.weight[:, :, :2, :].reshape(2 * m, -1), ctx.weight[:, :, 2, :2].reshape(2 * m, -1)], 1)
         padded = params_fx.new_zeros(b, m, h + 2, w + 4)  # decoded latent with a 2-pixel causal border

@@ -196,10 +196,11 @@ def quantize_conv(module: nn.Module) -> IntConv:
         raise ExactnessError(f"{type(module).__name__} has no integer form; only convolutions do")
     if module.groups != 1 or module.dilation not in ((1, 1), 1):
         raise ExactnessError("grouped or dilated convolutions have no integer form here")
-    w = module.weight.detach().double()
+    # on the CPU whatever the module's device: the integers must not depend on a device's exp2/frexp
+    w = module.weight.detach().cpu().double()
     mask = getattr(module, "mask", None)
     if mask is not None:
-        w = w * mask.double()
+        w = w * mask.detach().cpu().double()
     out_dim = 1 if transposed else 0
     other = tuple(d for d in range(w.dim()) if d != out_dim)
     maxabs = w.abs().amax(dim=other)
@@ -208,7 +209,7 @@ def quantize_conv(module: nn.Module) -> IntConv:
     shape = [1] * w.dim()
     shape[out_dim] = -1
     w_int = torch.round(w * torch.exp2(shift).view(shape))
-    bias = module.bias.detach().double() if module.bias is not None else w.new_zeros(maxabs.shape)
+    bias = module.bias.detach().cpu().double() if module.bias is not None else w.new_zeros(maxabs.shape)
     b_int = torch.round(bias * torch.exp2(shift + FRAC_BITS))
     fan_in = w[0].numel() if not transposed else w.shape[0] * w.shape[2] * w.shape[3]
     bound = fan_in * float(w_int.abs().max()) * ACT_LIMIT + float(b_int.abs().max())
@@ -219,7 +220,9 @@ def quantize_conv(module: nn.Module) -> IntConv:
         )
     pad = module.padding[0]
     out_pad = module.output_padding[0] if transposed else 0
-    return IntConv(w_int, torch.exp2(-shift), b_int, module.stride[0], pad, out_pad, transposed)
+    device = module.weight.device
+    return IntConv(w_int.to(device), torch.exp2(-shift).to(device), b_int.to(device), module.stride[0], pad, out_pad,
+                   transposed)
 
 
 IntLayer = IntConv | str  # "leaky" marks a LeakyReLU between convolutions
@@ -236,6 +239,18 @@ def quantize_sequential(seq: nn.Sequential) -> list[IntLayer]:
         else:
             layers.append(quantize_conv(m))
     return layers
+
+
+def exact_form(module: nn.Module) -> list[IntLayer] | IntConv:
+    """The integer form of a convolution or Sequential, computed once and kept on the module until its weights,
+    mask or device change (a training step, a load, a ``to``): every exact call would otherwise pay host syncs."""
+    key = tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+    cached = module.__dict__.get("_mvic_exact_form")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    form = quantize_sequential(module) if isinstance(module, nn.Sequential) else quantize_conv(module)
+    module.__dict__["_mvic_exact_form"] = (key, form)
+    return form
 
 
 def run_layers(layers: list[IntLayer], x_fx: Tensor, opts: ExactOptions) -> Tensor:

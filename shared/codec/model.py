@@ -22,7 +22,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
 from compressai.ops import quantize_ste
-from torch import Tensor
+from torch import Tensor, nn
 
 from mvic.shared.bitstream import ViewBitstream, ViewHeader, padding_for
 from mvic.shared.codec.context import AutoregressiveContext, CheckerboardContext, GaussianTables
@@ -31,9 +31,9 @@ from mvic.shared.codec.fixedpoint import (
     ACT_LIMIT,
     ExactOptions,
     dequantize_fixed,
+    exact_form,
     exact_mode,
     from_fixed,
-    quantize_sequential,
     round_shift,
     run_layers,
     to_fixed,
@@ -142,11 +142,12 @@ class LDMIC(CompressionModel):
             raise ImageError(f"forward needs H and W multiples of 64, got {h}x{w}; crop or pad the batch")
         rate = self._rates(rate, b, v)  # (B*V,)
         flat = x.reshape(b * v, 3, h, w)  # (B*V, 3, H, W)
-        y = self.g_a(flat) * RateGains.pick(self.gains.y_gain, rate)  # (B*V, M, h, w), gained
-        z = self.h_a(y) * RateGains.pick(self.gains.z_gain, rate)  # (B*V, N, h/4, w/4), gained
+        y = _last_in_float32(self.g_a, flat) * RateGains.pick(self.gains.y_gain, rate)  # (B*V, M, h, w), gained
+        z = _last_in_float32(self.h_a, y) * RateGains.pick(self.gains.z_gain, rate)  # (B*V, N, h/4, w/4), gained
         if self.training:
-            # Under autocast (bf16 training on CUDA) the entropy model still runs in float32: likelihoods and
-            # rounding offsets need the precision; the transforms and the JCT may run in lower precision.
+            # Under autocast (bf16 training) the entropy model still runs in float32: likelihoods and rounding
+            # offsets need the precision; the transforms and the JCT may run in lower precision, except the last
+            # convolutions of g_a and h_a, whose outputs are the latents.
             with torch.autocast(flat.device.type, enabled=False):
                 y, z = y.float(), z.float()
                 _, lik_z = self.entropy_bottleneck(z)
@@ -211,7 +212,7 @@ class LDMIC(CompressionModel):
         z_sym = session.code(z, medians.expand(z_shape), z_idx, CdfTable.of(eb))  # (B, N, h/4, w/4)
         z_hat_fx = dequantize_fixed(z_sym, to_fixed(medians))
         h_in = round_shift(z_hat_fx * self.gains.z_inverse_fixed(rate), 2.0**-GAIN_BITS)
-        params_fx = run_layers(quantize_sequential(self.h_s), h_in.clamp(-ACT_LIMIT, ACT_LIMIT), opts)
+        params_fx = run_layers(exact_form(self.h_s), h_in.clamp(-ACT_LIMIT, ACT_LIMIT), opts)
         target = y.double() if y is not None else None
         coded = self.context.code(params_fx, target, session, self._gaussian_tables(), opts)
         return ExactLatents(coded.y_hat_fx, coded.scales, coded.means, (z_sym + medians).float())
@@ -379,3 +380,11 @@ def _to_device(t: Tensor, device: torch.device) -> Tensor:
     if t.device.type == "cpu" and device.type == "cuda":
         t = t.pin_memory()
     return t.to(device, non_blocking=True)
+
+
+def _last_in_float32(seq: nn.Sequential, x: Tensor) -> Tensor:
+    """``seq(x)`` with its last layer in float32, outside any autocast: under bf16 autocast the latents would
+    otherwise be rounded to 8 significant bits before the entropy model sees them."""
+    hidden = seq[:-1](x)
+    with torch.autocast(x.device.type, enabled=False):
+        return seq[-1](hidden.float())

@@ -36,7 +36,8 @@ class OptimConfig:
     clip: float = 1.0  # gradient norm clipping
     max_steps: int = 100_000
     metric: str = "mse"  # mse | ms-ssim (lambda_ms-ssim = lambda_mse / 32: 8..128 as in the paper)
-    amp: str = "off"  # off | bf16: transforms and JCT in bfloat16 on CUDA, the entropy model always in float32
+    amp: str = "off"  # off | bf16 | auto (bf16 on CUDA and on CPUs with AMX/AVX-512-BF16); entropy model in float32
+    channels_last: bool = False  # convolutions in channels-last memory format (faster on CPUs, with or without bf16)
     workers: int = 0  # DataLoader processes preparing batches (0: in the training process)
     lambdas: tuple[float, ...] = ()  # the rate points' lambdas, lowest rate first (empty: the model table's)
     ema: float = 0.0  # decay of the weights' moving average that checkpoints keep and exports use (0: off)

@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -69,6 +70,22 @@ def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.T
     else:
         raise ValueError(f"metric must be mse or ms-ssim, got {metric!r}")
     return (lam * distortion + bpp).mean(), bpp.mean(), mse.mean()
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX or AVX-512-BF16), where bf16 autocast can pay off."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
+
+
+def use_bf16(amp: str, device: str) -> bool:
+    """optim.amp: bf16 autocast where asked for (auto: on CUDA, and on a CPU that multiplies bf16 natively)."""
+    if amp not in ("off", "bf16", "auto"):
+        raise ValueError(f"optim.amp must be off, bf16 or auto, got {amp!r}")
+    return amp == "bf16" or (amp == "auto" and (device.startswith("cuda") or cpu_bf16_native()))
 
 
 def training_lambdas(cfg: RunConfig, num_rates: int, default: tuple[float, ...]) -> tuple[float, ...]:
@@ -159,6 +176,8 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     if cfg.init_from and not resuming:
         init_weights(model, Path(cfg.init_from))
     model = model.to(device).train()
+    if cfg.optim.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
     opt = torch.optim.Adam(main_params, lr=cfg.optim.lr)
@@ -168,9 +187,7 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     step = load_checkpoint(run_dir, model, optimizers, ema) if resuming else 0
     batches = make_batches(cfg, spec.num_rates, seed=cfg.seed + step)
     lambdas = torch.tensor(training_lambdas(cfg, spec.num_rates, spec.lambdas), device=device)
-    amp = cfg.optim.amp == "bf16" and device.startswith("cuda")
-    if cfg.optim.amp not in ("off", "bf16"):
-        raise ValueError(f"optim.amp must be off or bf16, got {cfg.optim.amp!r}")
+    amp = use_bf16(cfg.optim.amp, device)
     if stop_at is not None:
         max_minutes = min(max_minutes or math.inf, max(0.0, stop_at - time.time()) / 60)
     deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else math.inf
@@ -272,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run folder: checkpoint, log.csv (resumed if present)")
     p.add_argument("--config", type=Path, help="YAML config (defaults: RunConfig in config.py)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--init-from", type=Path, metavar="WEIGHTS",
+                   help="start a new run from these weights (file, pieces folder or run folder); overrides init_from")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
     p.add_argument("--stop-at", type=float, metavar="UNIX_TIME",
                    help="stop (with a checkpoint) at this moment, start-up included (e.g. $(( $(date +%%s) + 480 )))")
@@ -301,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"mvic-train: config error: {exc}", file=sys.stderr)
         return 2
+    if args.init_from:
+        cfg = replace(cfg, init_from=str(args.init_from))
     if args.validate_config:
         print("config ok")
         return 0

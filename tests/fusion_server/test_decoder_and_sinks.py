@@ -154,3 +154,56 @@ def test_a_failed_batch_is_retried_group_by_group(weights, views, monkeypatch):
     parts = [p for g in groups for p in decoder.entropy_decode(g).parts]
     for done, ref in zip(decoder.synthesize(parts), reference):
         assert not done.failed and all(np.array_equal(a.image, b.image) for a, b in zip(done.frames, ref.frames))
+
+
+def test_a_device_fault_moves_synthesis_to_the_cpu_and_loses_no_view(weights, views):
+    """An injected CUDA fault: the views are synthesized again on the CPU copy, none is rejected, and the server is
+    told once (health NOT_SERVING); later groups decode on the CPU."""
+    import torch
+
+    registry = CollectorRegistry()
+    gpu_like, cpu_copy = load_model(weights), load_model(weights)
+    decoder = GroupDecoder(gpu_like, cpu_copy)
+    groups = [_group(views, i) for i in range(3)]
+    reference = [decoder.decode(g) for g in groups]
+    calls = []
+
+    def faulty(batch):
+        calls.append(len(batch))
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered (injected)")
+
+    gpu_like.synthesize = faulty
+    faults = []
+
+    async def run():
+        pipeline = DecodePipeline(decoder, ServerMetrics(registry), workers=2, max_batch=4,
+                                  on_device_fault=faults.append)
+        pipeline.start()
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(pipeline.submit(g) for g in groups)), 60)
+        finally:
+            await pipeline.stop()
+
+    results = asyncio.run(run())
+    assert calls and decoder.model is cpu_copy and decoder.device == "cpu"
+    assert len(faults) == 1 and "illegal memory access" in faults[0] and "restart the server" in faults[0]
+    assert _sample(registry, "mvic_server_device_faults_total") == 1
+    for got, ref in zip(results, reference):
+        assert not got.failed and len(got.frames) == len(ref.frames)  # "not decoded" for a moment, never rejected
+        assert all(_max_diff(a.image, b.image) <= 1 for a, b in zip(got.frames, ref.frames))  # batched float sums
+
+
+def test_out_of_memory_splits_the_batch_then_counts_as_a_device_fault(weights, views):
+    import torch
+
+    from mvic.fusion_server.decoder import DeviceFaultError, is_device_fault
+
+    assert is_device_fault(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert is_device_fault(RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"))
+    assert not is_device_fault(RuntimeError("shape mismatch")) and not is_device_fault(ValueError("CUDA"))
+    decoder = GroupDecoder(load_model(weights))
+    decoder.model.synthesize = lambda batch: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("out of memory"))
+    parts = [p for i in range(2) for p in decoder.entropy_decode(_group(views, i)).parts]
+    with pytest.raises(DeviceFaultError, match="out of memory"):
+        decoder.synthesize(parts)
+    assert decoder.fall_back_to_cpu() is False  # a CPU-only decoder has nowhere to go

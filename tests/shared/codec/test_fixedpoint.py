@@ -72,3 +72,21 @@ def test_overflow_is_refused():
         fp.quantize_conv(module)
     with pytest.raises(ExactnessError):
         fp.quantize_sequential(nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()))
+
+
+def test_integer_form_is_computed_once_on_the_cpu_and_refreshed_when_weights_change():
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(4, 6, 1), nn.LeakyReLU(fp.LEAKY_SLOPE), nn.Conv2d(6, 2, 1))
+    first = fp.exact_form(seq)
+    assert fp.exact_form(seq) is first  # cached: no re-quantization per call
+    fresh = fp.quantize_sequential(seq)
+    assert all(torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) and torch.equal(a.inv_scale, b.inv_scale)
+               for a, b in zip(first[::2], fresh[::2]))
+    with torch.no_grad():
+        seq[0].weight.mul_(2.0)  # an optimizer step, say
+    second = fp.exact_form(seq)
+    assert second is not first and torch.equal(second[0].weight, fp.quantize_sequential(seq)[0].weight)
+    conv = nn.Conv2d(3, 3, 3, padding=1)
+    assert fp.exact_form(conv) is fp.exact_form(conv) and isinstance(fp.exact_form(conv), fp.IntConv)
+    seq.double()  # new tensors (as a move to another device makes): new form
+    assert fp.exact_form(seq) is not second
