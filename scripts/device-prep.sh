@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Here, before a GPU window (issue 11): what the device machine lacks, in .device/ (git-ignored; carried by the call).
-#   .device/whl/     compressai 1.2.8 (cp312 manylinux) and pytorch-msssim. No MVIC wheel: the work tree travels
-#                    anyway and scripts/device-train.sh imports MVIC from it, so the weights travel once.
+#   .device/whl/     compressai 1.2.8 (cp312 manylinux), pytorch-msssim, and the grpcio / grpcio-health-checking /
+#                    protobuf / prometheus-client this checkout's gRPC stubs need. No MVIC wheel: the work tree
+#                    travels anyway and scripts/device-train.sh imports MVIC from it, so the weights travel once.
 #   .device/corpus/  the photo corpus cut to fit: its train split only, long side 768 px, JPEG quality 88.
 # Then checks that the tree plus .device/ fits what one call may carry (64 MiB; 60 MiB here, for margin).
 #   scripts/device-prep.sh [PYTHON_VERSION]      (default 3.12, the device machine's)
@@ -19,6 +20,11 @@ plat=(--platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platfo
 $B/python -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
   "${plat[@]}" -d .device/whl compressai==1.2.8
 $B/python -m pip download -q --no-deps --only-binary=:all: -d .device/whl pytorch-msssim==1.0.0
+# the gRPC side (server tests, mvic-server on the GPU): the versions this checkout's stubs were generated for
+grpc_pins=$($B/python -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in \
+('grpcio', 'grpcio-health-checking', 'protobuf', 'prometheus-client')))")
+$B/python -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
+  "${plat[@]}" -d .device/whl $grpc_pins
 if [ ! -f .device/corpus/manifest.json ]; then
   rm -rf .device/corpus.tmp
   $B/mvic-corpus build -o .device/corpus.tmp --max-side 768 --quality 88 >/dev/null

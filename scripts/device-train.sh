@@ -32,10 +32,12 @@ left() { echo $(( budget - ($(date +%s) - start) )); }
 reserve_export=25
 reserve_bench=${MVIC_BENCH_SECONDS:-110}
 
-wheels=${MVIC_DEVICE_WHEELS:-.device/whl}
-say "installing $(ls "$wheels" | tr '\n' ' ')"
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$wheels"/*.whl 2>&1 \
-  | tee -a "$log"
+wheels=${MVIC_DEVICE_WHEELS:-.device/whl}  # "none": the python3 here has them (a dry run in .venv)
+if [ "$wheels" != none ]; then
+  say "installing $(ls "$wheels" | tr '\n' ' ')"
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$wheels"/*.whl 2>&1 \
+    | tee -a "$log"
+fi
 mkdir -p /tmp/src/mvic  # MVIC from the work tree (its weights travel once): the namespace package mvic.*
 for part in shared node fusion_server; do ln -sfn "$PWD/$part" "/tmp/src/mvic/$part"; done
 export PYTHONPATH=/tmp/src:/tmp/site:$PWD PYTHONUNBUFFERED=1

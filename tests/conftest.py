@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,32 @@ from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec import registry
 from mvic.shared.codec.registry import export_weights, load_model
 from mvic.shared.model_table import spec_by_name
+
+
+def _grpc_missing() -> str | None:
+    """Why the gRPC stack cannot be imported here (e.g. a lent GPU machine that carries only the codec's wheels)."""
+    try:
+        import grpc_health.v1.health  # noqa: F401
+
+        import mvic.shared.rpc.mvic_pb2_grpc  # noqa: F401  (checks the grpcio / protobuf versions)
+    except Exception as exc:  # ImportError, or the stubs' RuntimeError on an old grpcio
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+GRPC_MISSING = _grpc_missing()
+if GRPC_MISSING and os.environ.get("CI"):  # CI installs everything: a missing stack there is a broken set-up
+    raise RuntimeError(f"CI without the gRPC stack: {GRPC_MISSING}")
+# Where the gRPC stack is missing, the codec and training tests (the -m gpu ones among them) still run; the network
+# tests are not collected, and the header says so. Set up with scripts/setup.sh and none is left out.
+collect_ignore = ["node", "fusion_server", "e2e", "deploy/test_compose.py", "shared/rpc", "shared/test_demo.py"] \
+    if GRPC_MISSING else []
+
+
+def pytest_report_header(config):
+    if GRPC_MISSING:
+        return f"gRPC stack missing ({GRPC_MISSING[:200]}): node, server, e2e and rpc tests not collected"
+    return None
 
 
 def make_tiny_model(name: str, seed: int = 0) -> LDMIC:

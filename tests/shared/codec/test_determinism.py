@@ -91,3 +91,23 @@ def test_cpu_encode_cuda_decode(tiny_weights, name):
         view = unpack(pack(enc.compress_view(im, i % enc.spec.num_rates)))
         desync += not torch.equal(dec.decode_latents([view]).cpu(), enc.decode_latents([view]))
     assert desync == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_cuda_synthesis_stays_within_one_grey_level_of_the_cpu(name):
+    """What the server does on a GPU (float32 synthesis, TF32 off) against the CPU's reconstruction."""
+    record = registered_weights()[name]
+    cpu, gpu = load_model(record), load_model(record, device="cuda")
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for _, image in stereo_pair(scale=0.5):
+            views = [unpack(pack(cpu.compress_view(image, q))) for q in range(cpu.spec.num_rates)]
+            for view in views:
+                a = cpu.decompress([view])[0].image.astype(np.int16)
+                b = gpu.decompress([view])[0].image.astype(np.int16)
+                assert np.abs(a - b).max() <= 1
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev

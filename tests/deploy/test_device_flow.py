@@ -1,0 +1,59 @@
+"""The GPU-window command (scripts/device-train.sh) dry-run on this CPU within its limits: a hard deadline, at most
+8 files of at most 16 MiB no more than two folders down, weights that start a new run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from mvic.shared.training.config import load_config
+from mvic.shared.training.train import main as train_main
+
+REPO = Path(__file__).resolve().parents[2]
+
+CONFIG = """
+model: test-tiny-fast
+log_every: 1
+checkpoint_every: 100000
+checkpoint_minutes: 0.05
+data: {kind: synthetic, cameras: 3, frames: 2, scenes: 1, height: 64, width: 64, k_min: 1, k_max: 3}
+optim: {batch_size: 2, crop: 64, lr: 1.0e-3, max_steps: 100000, lr_time_fractions: [0.85], lr_gamma: 0.1,
+        ema: 0.99, amp: bf16}
+"""
+
+
+def test_device_configs_are_valid():
+    for path in sorted((REPO / "configs").glob("device-*.yaml")):
+        cfg = load_config(path)
+        assert cfg.optim.amp == "bf16" and cfg.checkpoint_minutes > 0 and cfg.optim.ema > 0, path
+
+
+def test_dry_run_fits_the_window_and_the_file_cap(tmp_path):
+    name = f"dry-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(out),
+           "MVIC_DEVICE": "cpu", "MVIC_DEVICE_WHEELS": "none", "MVIC_BENCH_SECONDS": "10"}
+    t0 = time.monotonic()
+    done = subprocess.run(["bash", "scripts/device-train.sh", "45", str(cfg)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - t0
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert seconds < 45 + 10  # the budget holds (a little slack for the process start)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert 0 < len(files) <= 8
+    assert all(p.stat().st_size <= 16 << 20 and len(p.relative_to(out).parts) <= 3 for p in files)
+    log = (out / "device.log").read_text()
+    assert "training ended (exit 0)" in log and "done; files:" in log
+    pieces = out / name
+    assert (pieces / "pieces.json").is_file() and (pieces / "log.csv").is_file()
+    # what comes back starts the next run (as campaign.sh and a second window do)
+    cfg2 = tmp_path / "next.yaml"
+    cfg2.write_text(CONFIG.replace("max_steps: 100000", "max_steps: 1"))
+    assert train_main(["--run", str(tmp_path / "next"), "--config", str(cfg2), "--init-from", str(pieces),
+                       "--quiet"]) == 0
