@@ -258,6 +258,15 @@ def _run_model_name(run_dir: Path) -> str:
     raise FileNotFoundError(f"{run_dir} is neither a run folder (checkpoint.json) nor a pieces folder ({PIECES_INDEX})")
 
 
+def _run_info(run_dir: Path) -> dict:
+    """step and config of a run folder (checkpoint.json) or of a pieces folder that carried them; {} if neither."""
+    for name in ("checkpoint.json", PIECES_INDEX):
+        if (run_dir / name).is_file():
+            info = json.loads((run_dir / name).read_text())
+            return {"step": info.get("step", "?"), "config": info.get("config", {})}
+    return {}
+
+
 def export_run(run_dir: Path, out: Path, fp16_kernels: bool = False) -> str:
     """Export a run's (or a pieces folder's) weights as a shipped-weights file (CDF tables updated); its sha256.
 
@@ -267,8 +276,7 @@ def export_run(run_dir: Path, out: Path, fp16_kernels: bool = False) -> str:
     model = LDMIC(spec_by_name(_run_model_name(run_dir)))
     model.load_state_dict(load_state(run_dir), strict=True)
     digest = export_weights(model.eval(), out, fp16_kernels=fp16_kernels)
-    meta = run_dir / "checkpoint.json"
-    info = json.loads(meta.read_text()) if meta.is_file() else {}
+    info = _run_info(run_dir)
     config = info.get("config", {})
     record = {"name": out.stem, "file": out.name, "sha256": digest, "model": model.spec.name,
               "metric": config.get("optim", {}).get("metric", "mse"), "measured": [],
@@ -279,7 +287,8 @@ def export_run(run_dir: Path, out: Path, fp16_kernels: bool = False) -> str:
 
 def export_pieces(run_dir: Path, out_dir: Path, max_mib: float = 16) -> list[Path]:
     """The run's model weights in safetensors pieces of at most max_mib MiB (resume elsewhere with init_from)."""
-    info = {"model": _run_model_name(run_dir)}
+    run = _run_info(run_dir)
+    info = {"model": _run_model_name(run_dir), "step": run.get("step"), "config": run.get("config", {})}
     return save_pieces(load_state(run_dir), out_dir, int(max_mib * (1 << 20)), info)
 
 

@@ -111,3 +111,45 @@ def test_live_page_in_headless_chromium(live_server, tmp_path):
     dom = run.stdout
     assert 'id="cam-C1"' in dom and 'id="cam-C2"' in dom, run.stderr[-2000:]
     assert 'src="/cameras/C1.jpg?t=' in dom and "serving" in dom
+
+
+def test_a_cuda_fault_loses_no_frame_and_turns_health_not_serving(tmp_path, weights, encoder, views, monkeypatch):
+    """A GPU server (its device simulated: the first model loaded plays the GPU's) whose synthesis hits a CUDA
+    error: every frame is still decoded and acknowledged, none rejected; health says NOT_SERVING."""
+    import torch
+
+    from mvic.fusion_server import app as app_module
+
+    monkeypatch.setattr(app_module, "resolve_device", lambda requested: "cuda:0")
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32  # a GPU server turns both off
+    loaded = []
+
+    def loader(device):
+        model = load_model(weights)  # on the CPU, whatever the device
+        if not loaded:
+            def broken(batch):
+                raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered (injected)")
+            model.synthesize = broken
+        loaded.append(device)
+        return model
+
+    srv = ServerThread(server_config(tmp_path / "out", weights), model_loader=loader).start()
+    nodes = [MiniNode(srv.port, cam, encoder) for cam in ("C1", "C2")]
+    try:
+        assert loaded == ["cuda:0", "cpu"]
+        for node in nodes:
+            node.welcome()
+            for seq, capture, bits in views[node.camera][:3]:
+                node.send(seq, bits, capture)
+        assert all(node.wait_acked(3) for node in nodes)
+        assert all(not node.packet_errors for node in nodes)
+        assert len(list((tmp_path / "out").rglob("*.png"))) == 6
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+        assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert srv.app.registry.get_sample_value("mvic_server_device_faults_total") == 1
+    finally:
+        for node in nodes:
+            node.close()
+        srv.stop()
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32

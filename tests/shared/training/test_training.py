@@ -93,6 +93,8 @@ def test_weights_travel_in_pieces_and_start_a_new_run(tmp_path):
     assert main(["--run", str(run), "--export", str(direct)]) == 0
     assert main(["--run", str(pieces), "--export", str(joined)]) == 0
     assert direct.read_bytes() == joined.read_bytes()  # the pieces hold exactly the run's weights
+    record = json.loads((tmp_path / "joined.safetensors.record.json").read_text())
+    assert "step 2" in record["recipe"] and "test-tiny-fast" in record["recipe"]  # the pieces carry step and config
     # a new run of the autoregressive sibling starts from them (all but the context mask pattern carries over)
     cfg2 = tmp_path / "ar.yaml"
     cfg2.write_text(CONFIG.replace("test-tiny-fast", "test-tiny-ar").replace("max_steps: 40", "max_steps: 1")
