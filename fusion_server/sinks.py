@@ -14,23 +14,15 @@ Hop after: once ``FrameSinks.write`` returns, the frames are durable and the cor
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from mvic.fusion_server.records import DecodedFrame
-from mvic.shared.fileio import write_atomic
+from mvic.shared.fileio import safe_name, write_atomic
 
 log = logging.getLogger(__name__)
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def camera_dir_name(camera_id: str) -> str:
-    """A file-system-safe folder name for a camera id (ids are printable UTF-8, not necessarily path-safe)."""
-    safe = _UNSAFE.sub("_", camera_id)
-    return "_" + safe if safe.startswith(".") or not safe else safe
 
 
 class FrameSinks:
@@ -45,7 +37,7 @@ class FrameSinks:
 
     def png_path(self, camera_id: str, sequence: int, capture_ns: int) -> Path:
         name = f"{sequence:010d}" if self.png_name == "sequence" else f"{capture_ns}"
-        return self.out_dir / camera_dir_name(camera_id) / f"{name}.png"
+        return self.out_dir / safe_name(camera_id) / f"{name}.png"
 
     def write(self, frames: tuple[DecodedFrame, ...] | list[DecodedFrame]) -> None:
         """Store every frame; raises OSError when one cannot be written (nothing is acknowledged then)."""
@@ -69,7 +61,7 @@ class FrameSinks:
     def _append_video(self, camera_id: str, bgr: np.ndarray) -> None:
         if camera_id not in self._writers:
             h, w = bgr.shape[:2]
-            path = self.out_dir / f"{camera_dir_name(camera_id)}.mp4"
+            path = self.out_dir / f"{safe_name(camera_id)}.mp4"
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.video_fps, (w, h))
             if not writer.isOpened():
                 raise OSError(f"OpenCV cannot open a video writer for {path} (mp4v); disable sinks.video")

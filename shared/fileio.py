@@ -9,7 +9,17 @@ path in its message; the target keeps its previous content, if any.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def safe_name(text: str) -> str:
+    """A file-system-safe file or folder name for client-supplied text (camera ids are printable UTF-8, not
+    necessarily path-safe): other characters become ``_``; a leading dot or an empty result gets a ``_`` prefix."""
+    safe = _UNSAFE.sub("_", text)
+    return "_" + safe if safe.startswith(".") or not safe else safe
 
 
 def write_atomic(path: str | Path, data: bytes, *, durable: bool = False) -> Path:

@@ -1,5 +1,8 @@
-"""``mvic-codec``: encode one view to a .mvic file (what a camera does), decode a group jointly, print headers,
+"""``mvic-codec``: encode one view to a .mvic file (what a camera does), decode view groups jointly, print headers,
 and run a round-trip demo on the bundled samples. ``main(argv) -> int`` so tests call it directly.
+
+A multi-view group is made by encoding each camera's image of one moment with its own ``--camera`` and the same
+``--capture-ns``; ``decode`` then groups the files as the server does (shared/codec/grouping.py).
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import numpy as np
 import torch
 
 from mvic.shared.bitstream import ViewBitstream, pack, unpack
+from mvic.shared.codec.grouping import DEFAULT_TOLERANCE_NS, group_headers
 from mvic.shared.codec.images import psnr, read_rgb
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import default_weights, export_weights, load_model
-from mvic.shared.errors import MVICError, NoTrainedWeightsError
-from mvic.shared.fileio import write_atomic
+from mvic.shared.errors import GroupError, MVICError, NoTrainedWeightsError
+from mvic.shared.fileio import safe_name, write_atomic
 from mvic.shared.model_table import MODELS_BY_NAME, spec_by_id, spec_by_name
 
 DEFAULT_MODEL = "ldmic-fast"
@@ -46,9 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--capture-ns", type=int, default=None, help="capture time in ns (default: now)")
     model_args(e)
 
-    d = sub.add_parser("decode", help="decode the .mvic files of one group jointly into PNGs")
-    d.add_argument("inputs", type=Path, nargs="+", help=".mvic files of one timestamp (one per camera)")
+    d = sub.add_parser("decode", help="decode .mvic files into PNGs, each timestamp's views jointly",
+                       description="Groups the views as the fusion server does: views captured within --tolerance-ms "
+                                   "of a group's first view, one per camera, form one group; views of one size in a "
+                                   "group are decoded jointly. Prints which views were decoded together.")
+    d.add_argument("inputs", type=Path, nargs="+", help=".mvic files (one per camera and timestamp)")
     d.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for <camera>_<sequence>.png")
+    d.add_argument("--tolerance-ms", type=float, default=DEFAULT_TOLERANCE_NS / 1e6,
+                   help="capture times within this of a group's first view belong to it (default %(default)g, "
+                        "the server's grouping.tolerance_ms)")
+    d.add_argument("--unique-names", action="store_true",
+                   help="name outputs <camera>_<sequence>_<file stem>.png, so views with the same camera and "
+                        "sequence do not collide")
     d.add_argument("--device", default="cpu", help="torch device for decoding, e.g. cpu or cuda:0")
     model_args(d, with_model=False)
 
@@ -106,21 +119,59 @@ def _read_views(paths: list[Path]) -> list[ViewBitstream]:
     return [unpack(p.read_bytes()) for p in paths]
 
 
+def _output_names(paths: list[Path], views: list[ViewBitstream], unique: bool) -> list[str]:
+    """``<camera>_<sequence>.png`` per view (``..._<file stem>.png`` with ``unique``); two views that would write one
+    file are an error naming both, before anything is decoded."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        real = path.resolve()
+        if real in seen:
+            raise GroupError(f"{path} is given twice (also as {seen[real]}); give each view's file once")
+        seen[real] = path
+    names: dict[str, Path] = {}
+    out = []
+    for path, view in zip(paths, views):
+        h = view.header
+        name = f"{safe_name(h.camera_id)}_{h.sequence}" + (f"_{safe_name(path.stem)}" if unique else "") + ".png"
+        if name in names:
+            raise GroupError(
+                f"{names[name]} and {path} are both camera {h.camera_id} sequence {h.sequence}: both would be "
+                f"written to {name}. Encode each camera's views with its own --camera (and each frame with its "
+                "own --sequence), or pass --unique-names to name the outputs after their files")
+        names[name] = path
+        out.append(name)
+    return out
+
+
 def _decode(args) -> int:
     views = _read_views(args.inputs)
+    names = _output_names(args.inputs, views, args.unique_names)
+    tolerance_ns = round(args.tolerance_ms * 1e6)
+    headers = [v.header for v in views]
+    sets = group_headers(headers, tolerance_ns)
+    span_ns = max(h.capture_ns for h in headers) - min(h.capture_ns for h in headers)
+    if span_ns > tolerance_ns:
+        print(f"warning: the inputs' capture times span {span_ns / 1e9:.3f} s, more than the {args.tolerance_ms:g} ms "
+              f"tolerance: they are not one timestamp and are decoded as {len(sets)} separate set(s)",
+              file=sys.stderr)
     spec = spec_by_id(views[0].header.model_id)
     model = _load(spec.name, args).to(args.device)
-    t0 = time.perf_counter()
-    decoded = model.decompress(views)
-    elapsed = time.perf_counter() - t0
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    for path, d in zip(args.inputs, decoded):
-        out = args.output_dir / f"{d.header.camera_id}_{d.header.sequence}.png"
-        ok, png = cv2.imencode(".png", cv2.cvtColor(d.image, cv2.COLOR_RGB2BGR))
-        write_atomic(out, png.tobytes())
-        bpp = 8 * path.stat().st_size / (d.header.height * d.header.width)
-        print(f"{path} -> {out} ({bpp:.4f} bpp)")
-    print(f"decoded {len(views)} view(s) jointly in {elapsed * 1000:.0f} ms on {args.device}")
+    t0 = time.perf_counter()
+    for joint in sets:
+        members = list(joint.members)
+        decoded = model.decompress([views[i] for i in members])
+        who = ", ".join(f"{headers[i].camera_id}#{headers[i].sequence}" for i in members)
+        print(f"{'jointly' if len(members) > 1 else 'alone'}: {who} (captured at {joint.anchor_ns} ns, "
+              f"{headers[members[0]].height}x{headers[members[0]].width})")
+        for i, d in zip(members, decoded):
+            out = args.output_dir / names[i]
+            ok, png = cv2.imencode(".png", cv2.cvtColor(d.image, cv2.COLOR_RGB2BGR))
+            write_atomic(out, png.tobytes())
+            bpp = 8 * args.inputs[i].stat().st_size / (d.header.height * d.header.width)
+            print(f"  {args.inputs[i]} -> {out} ({bpp:.4f} bpp)")
+    elapsed = time.perf_counter() - t0
+    print(f"decoded {len(views)} view(s) in {len(sets)} set(s) in {elapsed * 1000:.0f} ms on {args.device}")
     return 0
 
 

@@ -16,9 +16,10 @@ from mvic.fusion_server.decoder import DecodePipeline, GroupDecoder, resolve_dev
 from mvic.fusion_server.errors import DecodeFailedError, MalformedPacketError, PacketModelMismatchError
 from mvic.fusion_server.metrics import ServerMetrics
 from mvic.fusion_server.records import DecodedFrame, ReceivedView, ViewGroup
-from mvic.fusion_server.sinks import FrameSinks, camera_dir_name
+from mvic.fusion_server.sinks import FrameSinks
 from mvic.shared.bitstream import unpack
 from mvic.shared.codec.registry import load_model
+from mvic.shared.fileio import safe_name
 from tests.fusion_server.conftest import CAMERAS
 
 
@@ -82,7 +83,7 @@ def test_png_and_video_sinks(tmp_path):
         src = ReceivedView("cam/1", "", seq, 1000 + seq, 0, 10, None)  # type: ignore[arg-type]
         sinks.write([DecodedFrame(src, image)])
     sinks.close()
-    folder = tmp_path / camera_dir_name("cam/1")
+    folder = tmp_path / safe_name("cam/1")
     assert folder.name == "cam_1" and sorted(p.name for p in folder.iterdir()) == ["1001.png", "1002.png", "1003.png"]
     png = cv2.cvtColor(cv2.imread(str(folder / "1003.png")), cv2.COLOR_BGR2RGB)
     assert np.array_equal(png, image)  # lossless, RGB kept

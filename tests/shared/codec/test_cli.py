@@ -57,3 +57,59 @@ def test_demo_runs_on_the_synthetic_scene(tmp_path, tiny_weights, capsys):
     out = capsys.readouterr().out
     assert "3 views 480x270" in out and "test-tiny-fast.safetensors" in out
     assert len(list(tmp_path.glob("C*_rate*.png"))) == 3 * 5
+
+
+def _encode_views(tmp_path, weights, specs, size=(64, 96)):
+    """specs: [(file stem, camera, sequence, capture_ns, seed)] -> paths of .mvic files."""
+    paths = []
+    for stem, cam, seq, capture, seed in specs:
+        png = tmp_path / f"{stem}.png"
+        cv2.imwrite(str(png), random_image(np.random.default_rng(seed), *size))
+        out = tmp_path / f"{stem}.mvic"
+        assert main(["encode", str(png), "-o", str(out), "--model", "test-tiny-fast", "--camera", cam,
+                     "--sequence", str(seq), "--capture-ns", str(capture), "--weights", str(weights)]) == 0
+        paths.append(out)
+    return paths
+
+
+def test_decode_never_overwrites_one_view_with_another(tiny_weights, tmp_path, capsys):
+    w = tiny_weights["test-tiny-fast"]
+    a, b = _encode_views(tmp_path, w, [("a", "C1", 0, 10**9, 1), ("b", "C1", 0, 10**9, 2)])
+    dec = tmp_path / "dec"
+    capsys.readouterr()
+    assert main(["decode", str(a), str(a), "-o", str(dec), "--weights", str(w)]) == 1  # one file twice
+    assert "a.mvic is given twice" in capsys.readouterr().err
+    assert main(["decode", str(a), str(b), "-o", str(dec), "--weights", str(w)]) == 1  # default --camera twice
+    err = capsys.readouterr().err
+    assert "a.mvic" in err and "b.mvic" in err and "--unique-names" in err
+    assert not dec.exists() or not list(dec.iterdir())  # nothing written
+    assert main(["decode", str(a), str(b), "-o", str(dec), "--weights", str(w), "--unique-names"]) == 0
+    assert sorted(p.name for p in dec.iterdir()) == ["C1_0_a.png", "C1_0_b.png"]
+    out = capsys.readouterr().out
+    assert out.count("alone: C1#0") == 2  # one camera's two views are never one joint group
+
+
+def test_decode_groups_by_capture_time_and_size_like_the_server(tiny_weights, tmp_path, capsys):
+    w = tiny_weights["test-tiny-fast"]
+    t = 5 * 10**9
+    paths = _encode_views(tmp_path, w, [("c1", "C1", 7, t, 1), ("c2", "C2", 7, t + 4_000_000, 2),
+                                        ("c3", "C3", 7, t + 2 * 10**9, 3)])
+    paths += _encode_views(tmp_path, w, [("c4", "C4", 7, t + 1_000_000, 4)], size=(128, 96))  # another size
+    capsys.readouterr()
+    assert main(["decode", *map(str, paths), "-o", str(tmp_path / "dec"), "--weights", str(w)]) == 0
+    captured = capsys.readouterr()
+    assert "jointly: C1#7, C2#7 " in captured.out  # within 30 ms, one size
+    assert "alone: C4#7" in captured.out and "alone: C3#7" in captured.out  # other size; 2 s later
+    assert "span 2.000 s" in captured.err and "3 separate set(s)" in captured.err
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["C1_7.png", "C2_7.png", "C3_7.png", "C4_7.png"]
+    # a wider tolerance takes the late view in
+    assert main(["decode", *map(str, paths[:3]), "-o", str(tmp_path / "dec2"), "--weights", str(w),
+                 "--tolerance-ms", "3000"]) == 0
+    assert "jointly: C1#7, C2#7, C3#7 " in capsys.readouterr().out
+
+
+def test_camera_ids_never_leave_the_output_folder(tiny_weights, tmp_path, capsys):
+    w = tiny_weights["test-tiny-fast"]
+    (path,) = _encode_views(tmp_path, w, [("x", "../../evil", 1, 10**9, 1)])
+    assert main(["decode", str(path), "-o", str(tmp_path / "dec"), "--weights", str(w)]) == 0
+    assert [p.name for p in (tmp_path / "dec").iterdir()] == ["_.._.._evil_1.png"]
