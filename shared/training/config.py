@@ -39,6 +39,7 @@ class OptimConfig:
     amp: str = "off"  # off | bf16 | auto (bf16 on CUDA and on CPUs with AMX/AVX-512-BF16); entropy model in float32
     channels_last: bool = False  # convolutions in channels-last memory format (faster on CPUs, with or without bf16)
     workers: int = 0  # DataLoader processes preparing batches (0: in the training process)
+    gain_lr_scale: float = 1.0  # the rate gains' lr over the others' (set at a run's start: it adds a param group)
     lambdas: tuple[float, ...] = ()  # the rate points' lambdas, lowest rate first (empty: the model table's)
     ema: float = 0.0  # decay of the weights' moving average that checkpoints keep and exports use (0: off)
 

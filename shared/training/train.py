@@ -81,6 +81,18 @@ def cpu_bf16_native() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
 
 
+def param_groups(model: LDMIC, gain_lr_scale: float) -> list[dict]:
+    """The main optimizer's groups: every parameter but the entropy bottleneck's quantiles (the aux optimizer's);
+    with a gain_lr_scale other than 1 the rate gains form a group of their own whose lr is scaled."""
+    named = [(n, p) for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    if gain_lr_scale == 1.0:
+        return [{"params": [p for _, p in named]}]
+    if gain_lr_scale <= 0:
+        raise ValueError(f"optim.gain_lr_scale must be > 0, got {gain_lr_scale}")
+    return [{"params": [p for n, p in named if not n.startswith("gains.")]},
+            {"params": [p for n, p in named if n.startswith("gains.")], "lr_scale": gain_lr_scale}]
+
+
 def use_bf16(amp: str, device: str) -> bool:
     """optim.amp: bf16 autocast where asked for (auto: on CUDA, and on a CPU that multiplies bf16 natively)."""
     if amp not in ("off", "bf16", "auto"):
@@ -180,7 +192,7 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
         model = model.to(memory_format=torch.channels_last)
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
-    opt = torch.optim.Adam(main_params, lr=cfg.optim.lr)
+    opt = torch.optim.Adam(param_groups(model, cfg.optim.gain_lr_scale), lr=cfg.optim.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=cfg.optim.aux_lr)
     optimizers = {"main": opt, "aux": aux_opt}
     ema = WeightsEMA(model, cfg.optim.ema) if cfg.optim.ema else None
@@ -208,7 +220,7 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
                 decays += sum(used >= f for f in cfg.optim.lr_time_fractions)
             lr = cfg.optim.lr * cfg.optim.lr_gamma ** decays
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batch = next(batches)
             x = batch.images.to(device, non_blocking=True)
             rate = batch.rate.to(device, non_blocking=True)

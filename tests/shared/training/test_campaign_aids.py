@@ -158,3 +158,26 @@ def test_latents_leave_the_analysis_in_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.rand(1, 2, 3, 64, 64), torch.tensor([1]))
     assert seen == {"first": torch.bfloat16, "y": torch.float32, "z": torch.float32}
+
+
+def test_gains_can_learn_faster_than_the_rest():
+    from mvic.shared.training.train import param_groups
+
+    model = LDMIC(spec_by_name("test-tiny-fast"))
+    (one,) = param_groups(model, 1.0)
+    assert len(one["params"]) == sum(1 for n, _ in model.named_parameters() if not n.endswith("quantiles"))
+    rest, gains = param_groups(model, 10.0)
+    assert gains["lr_scale"] == 10.0 and len(gains["params"]) == 4  # y/z gains and their inverses
+    assert len(rest["params"]) + 4 == len(one["params"])
+    with pytest.raises(ValueError, match="gain_lr_scale"):
+        param_groups(model, 0.0)
+
+
+def test_run_with_scaled_gain_lr_trains_and_resumes(tmp_path):
+    cfg = CONFIG.replace("ema: 0.9", "ema: 0.9, gain_lr_scale: 10")
+    run = tmp_path / "run"
+    assert main(["--run", str(run), "--config", str(_config(tmp_path, cfg)), "--quiet"]) == 0
+    groups = json.loads((run / "checkpoint.json").read_text())["param_groups"]["main"]
+    assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 10.0] and groups[1]["lr"] == pytest.approx(1e-2)
+    assert main(["--run", str(run), "--config", str(_config(tmp_path, cfg.replace("max_steps: 6", "max_steps: 7"))),
+                 "--quiet"]) == 0
