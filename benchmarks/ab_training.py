@@ -61,12 +61,18 @@ def main(argv=None) -> int:
     corpus = next(d.root for d in (base.data, *base.extra_data) if d.kind == "photos")
     val = GroupBatcher(PhotoWarpGroups(corpus, split="train", cameras=2, size=320, seed=4242), 4, 256, 2, 2,
                        spec_by_name(base.model).num_rates, seed=4242).next().images
-    rows = []
+    rates = spec_by_name(base.model).num_rates
+    print(f"# {args.steps} steps from {init.name}, validation: 4 groups x 2 views of the corpus train split\n")
+    print("| variant | overrides | s | " + " | ".join(f"rate {q} bpp / dB" for q in range(rates)) + " |")
+    print("|---|---|---|" + "---|" * rates, flush=True)
     for name, overrides in args.variant:
-        changes = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in overrides.split())}
-        unknown = set(changes) - set(OptimConfig.__dataclass_fields__)
+        fields = OptimConfig.__dataclass_fields__
+        raw = dict(o.partition("=")[::2] for o in overrides.split())
+        unknown = set(raw) - set(fields)
         if unknown:
             raise SystemExit(f"unknown optim keys {sorted(unknown)}")
+        # YAML values, except for text keys (YAML would read amp=off as False)
+        changes = {k: v if isinstance(fields[k].default, str) else yaml.safe_load(v) for k, v in raw.items()}
         optim = replace(base.optim, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()},
                         max_steps=args.steps)
         cfg = replace(base, init_from=str(init), optim=optim, checkpoint_minutes=0.0, checkpoint_every=10**9)
@@ -77,13 +83,9 @@ def main(argv=None) -> int:
             model = LDMIC(spec_by_name(cfg.model))
             model.load_state_dict(load_state(Path(tmp) / "run"), strict=True)
         model.update(force=True)
-        rows.append((name, overrides, seconds, measure(model, val)))
-    print(f"# {args.steps} steps from {init.name}, validation: 4 groups x 2 views of the corpus train split\n")
-    print("| variant | overrides | s | " + " | ".join(f"rate {q} bpp / dB" for q in range(len(rows[0][3]))) + " |")
-    print("|---|---|---|" + "---|" * len(rows[0][3]))
-    for name, overrides, seconds, points in rows:
+        points = measure(model, val)
         print(f"| {name} | {overrides or '-'} | {seconds:.0f} | "
-              + " | ".join(f"{bpp:.3f} / {db:.2f}" for bpp, db in points) + " |")
+              + " | ".join(f"{bpp:.3f} / {db:.2f}" for bpp, db in points) + " |", flush=True)
     return 0
 
 
