@@ -3,10 +3,14 @@
 #   scripts/campaign.sh start [INIT]   # set up, then train in the background at nice 19 (resumes the run if any)
 #   scripts/campaign.sh status         # running or not, the last log rows, steps and CPU-hours so far
 #   scripts/campaign.sh stop           # stop it (it checkpoints every 5 minutes; a stop loses at most that)
+#   scripts/campaign.sh export         # the run's weights' average -> exports/, mvic-eval on both held-out sets
+#                                      # (MVIC only; the classical codecs are coded once and reused), a row of the
+#                                      # learning curve (learning-curve.csv / .png); copy both to docs/ to publish
 # Everything lives outside the work tree, under $MVIC_RUNS (default /var/tmp/mvic-runs):
 #   data/corpus, data/scenes/s*   the training data, built once with the project's own tools
 #   fast-lite/                    the run folder (checkpoint with the weights' average, log.csv)
 #   campaign.log, campaign.pid    the process's output and id
+#   exports/, eval/               exported weights and their mvic-eval results
 # A new run (no run folder) starts from INIT if given (weights file, pieces folder or run folder), else from the
 # newest pieces folder under $MVIC_RUNS/incoming/ (weights brought back from a GPU window), else from the shipped
 # weights of ldmic-fast-lite.
@@ -33,8 +37,33 @@ case "${1:-status}" in
   stop)
     if running; then kill "$(cat "$runs/campaign.pid")"; echo "campaign: stopped"; else echo "campaign: not running"; fi
     exit 0 ;;
+  export)
+    [ -f "$run/checkpoint.json" ] || { echo "campaign: no checkpoint in $run yet" >&2; exit 1; }
+    # the lineage before this run: ldmic-fast-lite-v2's 7783 steps and 4.93 h (override for another start)
+    base_steps=${MVIC_CAMPAIGN_BASE_STEPS:-7783}
+    base_hours=${MVIC_CAMPAIGN_BASE_HOURS:-4.93}
+    step=$("$B/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['step'])" "$run/checkpoint.json")
+    hours=$(awk -F, 'NR > 1 { if ($8 + 0 < last) total += last; last = $8 + 0 } END { printf "%.3f", (total + last) / 3600 }' "$run/log.csv")
+    name=campaign-step$step
+    mkdir -p "$runs/exports" "$runs/eval"
+    "$B/mvic-train" --run "$run" --export "$runs/exports/$name.safetensors" --fp16-kernels
+    [ -f "$runs/data/evaldata/manifest.json" ] || "$B/python" -m mvic.shared.evaluation.stereo_photos build -o "$runs/data/evaldata"
+    synth=(--data synthetic --groups 2 --cameras 3 --size 270x480 --seed 1000)
+    real=(--data stereo-photos --root "$runs/data/evaldata" --groups 5)
+    for ds in synthetic stereo-photos; do
+      if [ "$ds" = synthetic ]; then args=("${synth[@]}"); else args=("${real[@]}"); fi
+      [ -f "$runs/eval/baselines-$ds/results.json" ] || "$B/mvic-eval" --weights "$runs/exports/$name.safetensors" \
+        "${args[@]}" --baselines x265-intra-444 jpeg webp -o "$runs/eval/baselines-$ds"
+      "$B/mvic-eval" --weights "$runs/exports/$name.safetensors" "${args[@]}" --baselines -o "$runs/eval/$name-$ds"
+    done
+    "$B/python" -m mvic.shared.evaluation.curve --csv "$runs/learning-curve.csv" --plot "$runs/learning-curve.png" \
+      --add "$name" --steps $((base_steps + step)) \
+      --hours "$("$B/python" -c "print(round($base_hours + $hours, 3))")" \
+      --results "synthetic=$runs/eval/$name-synthetic" "stereo-photos=$runs/eval/$name-stereo-photos" \
+      --baselines-from "synthetic=$runs/eval/baselines-synthetic" "stereo-photos=$runs/eval/baselines-stereo-photos"
+    exit 0 ;;
   start) ;;
-  *) echo "usage: campaign.sh start [INIT] | status | stop" >&2; exit 2 ;;
+  *) echo "usage: campaign.sh start [INIT] | status | stop | export" >&2; exit 2 ;;
 esac
 
 if running; then echo "campaign: already running (pid $(cat "$runs/campaign.pid"))"; exit 0; fi
