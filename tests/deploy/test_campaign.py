@@ -1,0 +1,35 @@
+"""scripts/campaign.sh: status of a run folder (steps, hours over restarts), stop, and export's refusal without a
+checkpoint. (start sets up data with the network and trains for hours: not run here.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _campaign(runs: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/campaign.sh", *args], cwd=REPO, env={**os.environ, "MVIC_RUNS": str(runs)},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_status_sums_the_hours_of_every_process_start(tmp_path):
+    assert "not running" in _campaign(tmp_path, "status").stdout
+    run = tmp_path / "fast-lite"
+    run.mkdir()
+    rows = ["step,loss,bpp,mse,psnr_db,aux,lr,seconds,k"]
+    rows += [f"{s},1,0.5,0.001,30,1,0.0001,{t},2" for s, t in ((20, 1800.0), (40, 3600.0),  # first process: 1 h
+                                                                  (40, 900.0), (60, 1800.0))]  # resumed: 0.5 h more
+    (run / "log.csv").write_text("\n".join(rows) + "\n")
+    out = _campaign(tmp_path, "status").stdout
+    assert "steps logged: 60" in out and "hours trained: 1.50" in out
+
+
+def test_stop_without_a_process_and_export_without_a_checkpoint(tmp_path):
+    (tmp_path / "campaign.pid").write_text("999999\n")  # a stale pid: not running
+    assert "not running" in _campaign(tmp_path, "stop").stdout
+    done = _campaign(tmp_path, "export")
+    assert done.returncode == 1 and "no checkpoint" in done.stderr
+    assert _campaign(tmp_path, "bogus").returncode == 2
