@@ -45,6 +45,7 @@ from typing import Any
 
 from mvic.fusion_server.errors import ConfigError
 from mvic.shared.bitstream import MAX_CAMERA_ID_BYTES
+from mvic.shared.model_table import DEFAULT_MODEL
 from mvic.shared.config import build, read_yaml
 from mvic.shared.model_table import MODELS_BY_NAME
 from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, DEFAULT_PORT
@@ -83,7 +84,7 @@ class SinkConfig:
 class ServerConfig:
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
     device: str = "auto"
-    model: str = "ldmic-fast-lite"
+    model: str = DEFAULT_MODEL
     weights: str = ""
     out: str = "mvic-out"
     cameras: tuple[str, ...] = ()

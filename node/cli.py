@@ -110,9 +110,9 @@ def preflight(config: NodeConfig) -> None:
         if not Path(config.encode.weights).is_file():
             raise ConfigError(f"encode.weights: {config.encode.weights} is not a file")
     else:
-        from mvic.node.encoder import DEFAULT_MODEL
         from mvic.shared.codec.registry import default_weights
         from mvic.shared.errors import MVICError
+        from mvic.shared.model_table import DEFAULT_MODEL
 
         try:
             default_weights(config.encode.model or DEFAULT_MODEL)

@@ -26,10 +26,9 @@ from mvic.shared.bitstream import ViewHeader, pack
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import default_weights, load_model
 from mvic.shared.errors import MVICError
+from mvic.shared.model_table import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "ldmic-fast-lite"
 
 
 def configure_torch(threads: int) -> None:

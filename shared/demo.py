@@ -35,6 +35,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mvic.shared.codec.images import psnr, read_rgb
+from mvic.shared.model_table import DEFAULT_MODEL
 from mvic.shared.scene import Scene, SceneConfig
 
 DEMO_SEED = 2026  # a scene no training run uses (training: seeds 0..15, evaluation: >= 1000 below this)
@@ -261,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="270x480", help="synthetic view size HxW (default %(default)s)")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="synthetic scene seed (default %(default)s)")
     p.add_argument("--wildtrack", type=Path, metavar="DIR", help="use the WildTrack videos in DIR instead")
-    p.add_argument("--model", default="ldmic-fast-lite", help="architecture (default %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="architecture (default %(default)s)")
     p.add_argument("--weights", help="weights file (default: the installed trained weights)")
     p.add_argument("--rate", type=int, default=2, help="rate index 0..4 (default %(default)s)")
     p.add_argument("--device", default="cpu", help="server decode device: cpu, cuda, auto (default %(default)s)")

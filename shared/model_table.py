@@ -54,6 +54,10 @@ _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(0xF002, "test-tiny-ar", 16, 24, ContextModel.AUTOREGRESSIVE, for_tests=True),
 )
 
+#: The architecture every tool uses when none is named: the camera-friendly checkerboard model whose trained weights
+#: ship with MVIC.
+DEFAULT_MODEL = "ldmic-fast-lite"
+
 MODELS_BY_ID: dict[int, ModelSpec] = {}
 MODELS_BY_NAME: dict[str, ModelSpec] = {}
 for _spec in _SPECS:

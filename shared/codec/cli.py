@@ -24,9 +24,7 @@ from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import default_weights, export_weights, load_model
 from mvic.shared.errors import GroupError, MVICError, NoTrainedWeightsError
 from mvic.shared.fileio import safe_name, write_atomic
-from mvic.shared.model_table import MODELS_BY_NAME, spec_by_id, spec_by_name
-
-DEFAULT_MODEL = "ldmic-fast"
+from mvic.shared.model_table import DEFAULT_MODEL, MODELS_BY_NAME, spec_by_id, spec_by_name
 
 
 def build_parser() -> argparse.ArgumentParser:

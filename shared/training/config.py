@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mvic.shared.config import build, read_yaml
+from mvic.shared.model_table import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    model: str = "ldmic-fast-lite"
+    model: str = DEFAULT_MODEL
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500  # steps between checkpoints

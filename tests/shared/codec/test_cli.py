@@ -113,3 +113,13 @@ def test_camera_ids_never_leave_the_output_folder(tiny_weights, tmp_path, capsys
     (path,) = _encode_views(tmp_path, w, [("x", "../../evil", 1, 10**9, 1)])
     assert main(["decode", str(path), "-o", str(tmp_path / "dec"), "--weights", str(w)]) == 0
     assert [p.name for p in (tmp_path / "dec").iterdir()] == ["_.._.._evil_1.png"]
+
+
+def test_the_default_model_is_one_whose_weights_ship(tmp_path, capsys):
+    """A new user's first command, with no --model and no --weights, encodes and decodes with the shipped weights."""
+    png = tmp_path / "a.png"
+    cv2.imwrite(str(png), random_image(np.random.default_rng(3), 64, 64))
+    assert main(["encode", str(png), "-o", str(tmp_path / "a.mvic")]) == 0
+    assert main(["info", str(tmp_path / "a.mvic")]) == 0
+    assert "ldmic-fast-lite" in capsys.readouterr().out
+    assert main(["decode", str(tmp_path / "a.mvic"), "-o", str(tmp_path / "dec")]) == 0
