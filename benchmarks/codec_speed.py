@@ -41,7 +41,8 @@ class _TimedEncodeSession(EncodeSession):
         return out
 
 
-def _image(h, w, seed=0):
+def blocky_image(h, w, seed=0):
+    """A test view with 16-pixel blocks and noise (speed does not depend on content; bits do)."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3)).astype(np.float32)
     img = np.kron(coarse, np.ones((16, 16, 1), np.float32))[:h, :w] + rng.normal(0, 6, (h, w, 3))
@@ -114,18 +115,19 @@ def main(argv=None) -> int:
             model.update(force=True)
             model.weights_hash = b"\0" * 8
         models[name] = model
-        small = _image(128, 128)
+        small = blocky_image(128, 128)
         encode_stages(model, small)  # warm-up
         for threads in args.threads:
             torch.set_num_threads(threads)
-            t = encode_stages(model, _image(h, w))
+            t = encode_stages(model, blocky_image(h, w))
             print(f"| {name} | {threads} | {t['analysis']:.2f} | {t['hyper']:.2f} | {t['entropy_params']:.2f} | "
                   f"{t['rans']:.2f} | {t['total']:.2f} |", flush=True)
     torch.set_num_threads(max(args.threads))
     print("\n| model | K views | entropy decode s | synthesis s | decode total s | per view s |")
     print("|---|---|---|---|---|---|")
     for name, model in models.items():
-        views = [model.compress_view(_image(h, w, seed=k), 2, camera_id=f"C{k + 1}") for k in range(max(args.views))]
+        views = [model.compress_view(blocky_image(h, w, seed=k), 2, camera_id=f"C{k + 1}")
+                 for k in range(max(args.views))]
         for k in args.views:
             decode_time(model, views[:1])  # warm-up
             te, ts = decode_time(model, views[:k])

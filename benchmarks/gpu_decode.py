@@ -20,14 +20,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from codec_speed import blocky_image  # this folder's script (python benchmarks/gpu_decode.py)
 from mvic.shared.codec.registry import default_weights, load_model
-
-
-def _image(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3)).astype(np.float32)
-    img = np.kron(coarse, np.ones((16, 16, 1), np.float32))[:h, :w] + rng.normal(0, 6, (h, w, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _timed(fn, repeat: int, sync: bool) -> float:
@@ -69,7 +63,7 @@ def main(argv=None) -> int:
     print(f"# GPU decode, {name}, {h}x{w} per view, {gpu}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads, {args.workers} entropy workers\n")
     with ThreadPoolExecutor(4) as pool:
-        views = list(pool.map(lambda k: cpu.compress_view(_image(h, w, k), 2, camera_id=f"C{k + 1}"),
+        views = list(pool.map(lambda k: cpu.compress_view(blocky_image(h, w, k), 2, camera_id=f"C{k + 1}"),
                               range(max(args.views))))
     print("| K | B | synthesis | entropy decode 1 group s | entropy groups/s (workers) | synthesis s | "
           "synthesis groups/s | max diff vs CPU (grey levels) |")

@@ -45,9 +45,8 @@ from typing import Any
 
 from mvic.fusion_server.errors import ConfigError
 from mvic.shared.bitstream import MAX_CAMERA_ID_BYTES
-from mvic.shared.model_table import DEFAULT_MODEL
 from mvic.shared.config import build, read_yaml
-from mvic.shared.model_table import MODELS_BY_NAME
+from mvic.shared.model_table import DEFAULT_MODEL, MODELS_BY_NAME
 from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, DEFAULT_PORT
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

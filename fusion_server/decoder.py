@@ -56,8 +56,9 @@ class DeviceFaultError(RuntimeError):
 
 def is_device_fault(exc: BaseException) -> bool:
     """Out of device memory, or an error of CUDA or its libraries (which can leave the CUDA context unusable)."""
-    return isinstance(exc, _DEVICE_ERRORS) or (isinstance(exc, RuntimeError) and any(w in str(exc)
-                                                                                     for w in _DEVICE_WORDS))
+    if isinstance(exc, _DEVICE_ERRORS):
+        return True
+    return isinstance(exc, RuntimeError) and any(word in str(exc) for word in _DEVICE_WORDS)
 
 
 @dataclass(frozen=True)
@@ -336,17 +337,21 @@ class DecodePipeline:
                 if self._device_fault(exc):
                     self._pending.extendleft(reversed(batch))  # the same groups again, first, on the CPU
                     continue
-                done = [Synthesized((), tuple((v, DecodeFailedError(v.sequence, f"decoder error: {exc}"))
-                                              for v in part.views)) for _, part in batch]
+                done = _all_failed(batch, exc)
             except Exception as exc:  # a bug, not a bad view: fail these groups' views, keep serving the others
                 log.exception("synthesis of %d group(s) failed", len(batch))
-                done = [Synthesized((), tuple((v, DecodeFailedError(v.sequence, f"decoder error: {exc}"))
-                                              for v in part.views)) for _, part in batch]
+                done = _all_failed(batch, exc)
             seconds = time.perf_counter() - start
             self.metrics.decode_seconds.labels("synthesis").observe(seconds)
             self.metrics.decode_batch.observe(len(batch))
             for (job, _), result in zip(batch, done):
                 job.add(result, seconds)
+
+
+def _all_failed(batch: list[tuple[_Job, ViewLatents]], exc: Exception) -> list[Synthesized]:
+    """Every view of a batch that could not be synthesized at all, rejected with the error."""
+    return [Synthesized((), tuple((v, DecodeFailedError(v.sequence, f"decoder error: {exc}")) for v in part.views))
+            for _, part in batch]
 
 
 def _result(group: ViewGroup, frames: list[DecodedFrame], failed: list[Failed], seconds: float) -> GroupResult:

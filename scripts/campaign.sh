@@ -23,6 +23,11 @@ B=$repo/.venv/bin
 mkdir -p "$runs"
 
 running() { [ -f "$runs/campaign.pid" ] && kill -0 "$(cat "$runs/campaign.pid")" 2>/dev/null; }
+# wall hours trained: log.csv's seconds restart at every process start, so sum each segment's last value
+hours_trained() {
+  awk -F, 'NR > 1 { if ($8 + 0 < last) total += last; last = $8 + 0 } END { printf "%.3f", (total + last) / 3600 }' \
+    "$run/log.csv"
+}
 
 case "${1:-status}" in
   status)
@@ -30,8 +35,7 @@ case "${1:-status}" in
     if [ -f "$run/log.csv" ]; then
       tail -n 3 "$run/log.csv"
       awk -F, 'NR > 1 { steps = $1 } END { print "steps logged: " steps }' "$run/log.csv"
-      # wall hours trained: log.csv's seconds restart at every process start, so sum each segment's last value
-      awk -F, 'NR > 1 { if ($8 + 0 < last) total += last; last = $8 + 0 } END { printf "hours trained: %.2f\n", (total + last) / 3600 }' "$run/log.csv"
+      printf "hours trained: %.2f\n" "$(hours_trained)"
     fi
     exit 0 ;;
   stop)
@@ -43,7 +47,7 @@ case "${1:-status}" in
     base_steps=${MVIC_CAMPAIGN_BASE_STEPS:-7783}
     base_hours=${MVIC_CAMPAIGN_BASE_HOURS:-4.93}
     step=$("$B/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['step'])" "$run/checkpoint.json")
-    hours=$(awk -F, 'NR > 1 { if ($8 + 0 < last) total += last; last = $8 + 0 } END { printf "%.3f", (total + last) / 3600 }' "$run/log.csv")
+    hours=$(hours_trained)
     name=campaign-step$step
     mkdir -p "$runs/exports" "$runs/eval"
     "$B/mvic-train" --run "$run" --export "$runs/exports/$name.safetensors" --fp16-kernels

@@ -2,7 +2,7 @@
 and run a round-trip demo on the bundled samples. ``main(argv) -> int`` so tests call it directly.
 
 A multi-view group is made by encoding each camera's image of one moment with its own ``--camera`` and the same
-``--capture-ns``; ``decode`` then groups the files as the server does (shared/codec/grouping.py).
+``--capture-ns``; ``decode`` then groups the files by the server's rules (shared/codec/grouping.py).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(e)
 
     d = sub.add_parser("decode", help="decode .mvic files into PNGs, each timestamp's views jointly",
-                       description="Groups the views as the fusion server does: views captured within --tolerance-ms "
+                       description="Groups the views by the fusion server's rules: views captured within --tolerance-ms "
                                    "of a group's first view, one per camera, form one group; views of one size in a "
                                    "group are decoded jointly. Prints which views were decoded together.")
     d.add_argument("inputs", type=Path, nargs="+", help=".mvic files (one per camera and timestamp)")

@@ -1,10 +1,12 @@
-"""Which views of a batch of files form one multi-view group, the way the fusion server groups a live stream.
+"""Which views of a batch of files form one multi-view group (``mvic-codec decode``).
 
 A *camera group* is the set of cameras that see one scene; a *view group* is one timestamp's views of it, at most
-one per camera, decoded jointly. Views are taken in capture-time order; each joins the earliest open view group
-whose first view was captured at most ``tolerance_ns`` before it and that has no view of its camera yet, else it
-opens a new one. Inside a view group, views of different padded sizes cannot share one synthesis: each size is a
-joint sub-group of its own.
+one per camera, decoded jointly. The rules are the fusion server's (fusion_server/grouper.py): a view belongs to a
+group whose first view was captured within ``tolerance_ns`` of it and that has no view of its camera yet, else it
+opens a new one; views of different padded sizes cannot share one synthesis, so each size is a joint set of its own.
+One difference: the server, seeing a live stream, joins the *nearest* such group; here the views are taken in
+capture-time order and each joins the *earliest* that fits. The two agree whenever timestamps are more than twice
+the tolerance apart, as camera frames are.
 """
 
 from __future__ import annotations

@@ -191,8 +191,9 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
-    main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
-    opt = torch.optim.Adam(param_groups(model, cfg.optim.gain_lr_scale), lr=cfg.optim.lr)
+    groups = param_groups(model, cfg.optim.gain_lr_scale)
+    main_params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.Adam(groups, lr=cfg.optim.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=cfg.optim.aux_lr)
     optimizers = {"main": opt, "aux": aux_opt}
     ema = WeightsEMA(model, cfg.optim.ema) if cfg.optim.ema else None
