@@ -6,7 +6,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(PY) -W ignore::FutureWarning -m mvic.shared.demo
+	@$(PY) -W ignore::FutureWarning -m mvic.tools.demo
 
 test: setup
 	@bash scripts/test-tools.sh

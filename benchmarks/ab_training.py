@@ -24,11 +24,11 @@ import yaml
 
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.model_table import spec_by_name
-from mvic.shared.training.checkpoint import load_state
-from mvic.shared.training.config import OptimConfig, load_config
-from mvic.shared.training.data import GroupBatcher
-from mvic.shared.training.photo_views import PhotoWarpGroups
-from mvic.shared.training.train import train
+from mvic.tools.training.checkpoint import load_state
+from mvic.tools.training.config import OptimConfig, load_config
+from mvic.tools.training.data import GroupBatcher
+from mvic.tools.training.photo_views import PhotoWarpGroups
+from mvic.tools.training.train import train
 
 
 @torch.no_grad()

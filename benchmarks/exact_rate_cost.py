@@ -22,7 +22,7 @@ from mvic.shared.codec.images import to_padded_tensor
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import load_model
 from mvic.shared.model_table import ContextModel, spec_by_name
-from mvic.shared.samples import stereo_pair
+from mvic.tools.samples import stereo_pair
 
 
 @torch.no_grad()

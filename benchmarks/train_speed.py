@@ -20,7 +20,7 @@ import torch
 
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.model_table import spec_by_name
-from mvic.shared.training.train import cpu_bf16_native, rd_loss
+from mvic.tools.training.train import cpu_bf16_native, rd_loss
 
 
 def cpu_name() -> str:

@@ -51,7 +51,7 @@ case "${1:-status}" in
     name=campaign-step$step
     mkdir -p "$runs/exports" "$runs/eval"
     "$B/mvic-train" --run "$run" --export "$runs/exports/$name.safetensors" --fp16-kernels
-    [ -f "$runs/data/evaldata/manifest.json" ] || "$B/python" -m mvic.shared.evaluation.stereo_photos build -o "$runs/data/evaldata"
+    [ -f "$runs/data/evaldata/manifest.json" ] || "$B/python" -m mvic.tools.evaluation.stereo_photos build -o "$runs/data/evaldata"
     synth=(--data synthetic --groups 2 --cameras 3 --size 270x480 --seed 1000)
     real=(--data stereo-photos --root "$runs/data/evaldata" --groups 5)
     for ds in synthetic stereo-photos; do
@@ -60,7 +60,7 @@ case "${1:-status}" in
         "${args[@]}" --baselines x265-intra-444 jpeg webp -o "$runs/eval/baselines-$ds"
       "$B/mvic-eval" --weights "$runs/exports/$name.safetensors" "${args[@]}" --baselines -o "$runs/eval/$name-$ds"
     done
-    "$B/python" -m mvic.shared.evaluation.curve --csv "$runs/learning-curve.csv" --plot "$runs/learning-curve.png" \
+    "$B/python" -m mvic.tools.evaluation.curve --csv "$runs/learning-curve.csv" --plot "$runs/learning-curve.png" \
       --add "$name" --steps $((base_steps + step)) \
       --hours "$("$B/python" -c "print(round($base_hours + $hours, 3))")" \
       --results "synthetic=$runs/eval/$name-synthetic" "stereo-photos=$runs/eval/$name-stereo-photos" \

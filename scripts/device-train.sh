@@ -41,7 +41,7 @@ fi
 mkdir -p /tmp/src/mvic  # MVIC from the work tree (its weights travel once): the namespace package mvic.*
 for part in shared node fusion_server; do ln -sfn "$PWD/$part" "/tmp/src/mvic/$part"; done
 export PYTHONPATH=/tmp/src:/tmp/site:$PWD PYTHONUNBUFFERED=1
-python3 -c "import compressai, pytorch_msssim, torch, mvic.shared.training.train as t; \
+python3 -c "import compressai, pytorch_msssim, torch, mvic.tools.training.train as t; \
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'compressai', compressai.__version__)" \
   2>&1 | tee -a "$log"
 [ "$device" = cpu ] || python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" \
@@ -78,7 +78,7 @@ say "scenes ready: $(ls data/scenes | wc -l)"
 run=/tmp/runs/$name
 train_until() {  # CONFIG: train in the foreground until stop_at; the hard stop only ends a run that overran it
   set +e
-  timeout $(( stop_at - $(date +%s) + reserve_bench / 2 )) python3 -m mvic.shared.training.train --config "$1" \
+  timeout $(( stop_at - $(date +%s) + reserve_bench / 2 )) python3 -m mvic.tools.training.train --config "$1" \
     --run "$run" --device "$device" --stop-at "$stop_at" --quiet "${init[@]}" 2>&1 | tail -n 20 | tee -a "$log"
   status=${PIPESTATUS[0]}
   set -e
@@ -96,7 +96,7 @@ yaml.safe_dump(c, open(sys.argv[2], 'w'))" "$cfg" /tmp/fp32.yaml
   train_until /tmp/fp32.yaml
 fi
 if [ -f "$run/checkpoint.json" ]; then
-  python3 -m mvic.shared.training.train --run "$run" --export-pieces "$out/$name" | tee -a "$log"
+  python3 -m mvic.tools.training.train --run "$run" --export-pieces "$out/$name" | tee -a "$log"
   cp "$run/log.csv" "$out/$name/log.csv"
 else
   say "no checkpoint was written: nothing to bring back"

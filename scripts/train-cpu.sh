@@ -13,7 +13,7 @@ B=.venv/bin
 hours=${1:-5}
 W=shared/codec/weights
 [ -f corpus/manifest.json ] || $B/mvic-corpus build -o corpus
-[ -f evaldata/manifest.json ] || $B/python -m mvic.shared.evaluation.stereo_photos build -o evaldata
+[ -f evaldata/manifest.json ] || $B/python -m mvic.tools.evaluation.stereo_photos build -o evaldata
 for s in 0 1 2 3; do  # 4 seeded plazas x 12 timestamps x 7 cameras, scikit-image textures (evaluation: seed 1000)
   [ -d "data/scenes/s$s" ] || $B/mvic-scene -o "data/scenes/s$s" --frames 12 --cameras 7 --size 288x512 --seed "$s"
 done

@@ -28,10 +28,17 @@ def test_shared_imports_neither():
     assert not any(n.startswith(("mvic.node", "mvic.fusion_server")) for n in _imports("shared"))
 
 
+def test_node_server_and_shared_never_import_tools():
+    for folder in ("node", "fusion_server", "shared"):
+        assert not any(n.startswith("mvic.tools") for n in _imports(folder)), folder
+
+
 def test_packages_import_under_the_mvic_namespace():
     import mvic.fusion_server
     import mvic.node
     import mvic.shared.codec
+    import mvic.tools
 
     assert Path(mvic.shared.codec.__file__).parent == ROOT / "shared" / "codec"
-    assert mvic.node.__doc__ and mvic.fusion_server.__doc__
+    assert Path(mvic.tools.__file__).parent == ROOT / "tools"
+    assert mvic.node.__doc__ and mvic.fusion_server.__doc__ and mvic.tools.__doc__

@@ -10,8 +10,8 @@ import time
 import uuid
 from pathlib import Path
 
-from mvic.shared.training.config import load_config
-from mvic.shared.training.train import main as train_main
+from mvic.tools.training.config import load_config
+from mvic.tools.training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from mvic.shared.demo import free_port
-from mvic.shared.demo import scrape_metrics as scrape
+from mvic.tools.demo import free_port
+from mvic.tools.demo import scrape_metrics as scrape
 
 MODEL = "test-tiny-fast"
 HEIGHT, WIDTH = 64, 96  # synthetic views: small, so the tiny model codes a frame in milliseconds

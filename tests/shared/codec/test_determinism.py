@@ -14,7 +14,7 @@ import torch
 from mvic.shared.bitstream import pack, unpack
 from mvic.shared.codec.fixedpoint import Backend, ExactOptions
 from mvic.shared.codec.registry import load_model, registered_weights
-from mvic.shared.samples import stereo_pair
+from mvic.tools.samples import stereo_pair
 from tests.conftest import random_image
 
 SHIPPED = sorted(registered_weights())  # the weights files installed with MVIC (shared/codec/weights/)

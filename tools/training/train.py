@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import math
 import sys
@@ -30,27 +29,17 @@ from mvic.shared.codec.model import LDMIC, RDOutput
 from mvic.shared.codec.registry import export_weights
 from mvic.shared.config import to_dict
 from mvic.shared.model_table import spec_by_name
-from mvic.shared.scene import SceneConfig
-from mvic.shared.training.checkpoint import (
+from mvic.tools.training.checkpoint import (
     PIECES_INDEX,
     load_checkpoint,
     load_state,
     save_checkpoint,
     save_pieces,
 )
-from mvic.shared.training.config import DataConfig, RunConfig, load_config
-from mvic.shared.training.data import (
-    BatchStream,
-    ConcatGroups,
-    FolderGroups,
-    GroupBatcher,
-    GroupSource,
-    MixedBatcher,
-    SyntheticGroups,
-)
-from mvic.shared.training.datasets import Cityscapes, InStereo2K, WildTrackFrames, WildTrackSubsets
-from mvic.shared.training.ema import WeightsEMA
-from mvic.shared.training.photo_views import PhotoWarpGroups
+from mvic.tools.training.config import RunConfig, load_config
+from mvic.tools.training.data import BatchStream, GroupBatcher, MixedBatcher
+from mvic.tools.training.ema import WeightsEMA
+from mvic.tools.training.sources import make_source
 
 
 def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.Tensor, metric: str):
@@ -107,30 +96,6 @@ def training_lambdas(cfg: RunConfig, num_rates: int, default: tuple[float, ...])
         raise ValueError(f"optim.lambdas must be {num_rates} positive increasing values (one per rate point), "
                          f"got {list(lambdas)}")
     return tuple(float(x) for x in lambdas)
-
-
-def make_source(d: DataConfig, seed: int) -> GroupSource:
-    if d.kind == "synthetic":
-        scene = SceneConfig(seed=seed, cameras=d.cameras, height=d.height, width=d.width, textures=d.textures)
-        return SyntheticGroups(scene, d.frames, d.scenes)
-    if d.kind == "folder":
-        if any(c in d.root for c in "*?["):  # many folders of the generic layout, e.g. one per scene
-            roots = sorted(Path(p) for p in glob.glob(d.root) if Path(p).is_dir())
-            if not roots:
-                raise FileNotFoundError(f"data.root {d.root!r} matches no folder")
-            return ConcatGroups([FolderGroups(r) for r in roots])
-        return FolderGroups(d.root)
-    if d.kind == "photos":
-        # many distinct warps per photo: a group is a pure function of (seed, index), so variety is in the index
-        return PhotoWarpGroups(d.root, split=d.split, cameras=d.cameras, size=d.height, seed=seed,
-                               groups_per_photo=1000)
-    if d.kind == "wildtrack-subsets":
-        return WildTrackSubsets(d.root)
-    kinds = {"wildtrack": WildTrackFrames, "instereo2k": InStereo2K, "cityscapes": Cityscapes}
-    if d.kind in kinds:
-        return kinds[d.kind](d.root, d.split)
-    raise ValueError(f"data.kind must be one of synthetic, folder, photos, wildtrack-subsets, {', '.join(kinds)}; "
-                     f"got {d.kind!r}")
 
 
 def make_batches(cfg: RunConfig, num_rates: int, seed: int):

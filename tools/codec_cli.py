@@ -187,7 +187,7 @@ def _info(args) -> int:
 
 def _demo_views(source: str) -> list[tuple[str, np.ndarray]]:
     if source == "stereo":
-        from mvic.shared.samples import stereo_pair
+        from mvic.tools.samples import stereo_pair
 
         return stereo_pair()
     from mvic.shared.scene import Scene, SceneConfig

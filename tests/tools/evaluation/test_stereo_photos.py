@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mvic.shared.evaluation import baselines as bl
-from mvic.shared.evaluation import stereo_photos as sp
+from mvic.tools.evaluation import baselines as bl
+from mvic.tools.evaluation import stereo_photos as sp
 
 
 def _fake_views(seed: int, sizes=((50, 75), (45, 80))) -> list[np.ndarray]:
@@ -55,7 +55,7 @@ def test_source_without_manifest_and_errors(fake_set, tmp_path):
 
 
 def test_mvic_eval_on_stereo_photos_skips_missing_encoder(fake_set, tiny_weights, tmp_path, monkeypatch, capsys):
-    from mvic.shared.evaluation.evaluate import main
+    from mvic.tools.evaluation.evaluate import main
 
     monkeypatch.setattr(bl, "ffmpeg_encoders", lambda: frozenset({"libx265"}))
     out = tmp_path / "eval"

@@ -15,7 +15,7 @@ Sources (``SOURCES``), each a group of two views:
 * ``labelme-street`` (only with ``--with-video``): frames 100 and 104 of the street video in Debian's
   labelme-examples. A fixed camera, so two moments rather than two viewpoints: off by default.
 
-Packages go through mvic.shared.training.corpus's cache and readers (``~/.cache/mvic/corpus`` unless ``--cache``).
+Packages go through mvic.tools.training.corpus's cache and readers (``~/.cache/mvic/corpus`` unless ``--cache``).
 
 Layout written: ``DIR/<group>/view0.png, view1.png`` and ``DIR/manifest.json`` (per group: source package and
 members, licence, credit, original view sizes, final size, sha256 of every PNG). Views of a group are made equal in
@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from mvic.shared.codec.images import read_rgb
-from mvic.shared.training import corpus
+from mvic.tools.training import corpus
 
 MANIFEST = "manifest.json"
 VIEWS = ("view0", "view1")  # left, right for the stereo pairs

@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 
 from mvic.shared.codec.model import LDMIC, RDOutput
 from mvic.shared.model_table import spec_by_name
-from mvic.shared.training import train as train_module
-from mvic.shared.training.checkpoint import load_state
-from mvic.shared.training.config import load_config
-from mvic.shared.training.ema import WeightsEMA
-from mvic.shared.training.train import main, rd_loss, training_lambdas, use_bf16
+from mvic.tools.training import train as train_module
+from mvic.tools.training.checkpoint import load_state
+from mvic.tools.training.config import load_config
+from mvic.tools.training.ema import WeightsEMA
+from mvic.tools.training.train import main, rd_loss, training_lambdas, use_bf16
 
 CONFIG = """
 model: test-tiny-fast
@@ -133,7 +133,7 @@ def test_msssim_loss_accepts_a_bf16_reconstruction():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinning needs a CUDA device")
 def test_batches_pin_for_non_blocking_copies():
-    from mvic.shared.training.data import Batch
+    from mvic.tools.training.data import Batch
 
     pinned = Batch(torch.rand(1, 1, 3, 8, 8), torch.zeros(1, dtype=torch.long)).pin_memory()
     assert pinned.images.is_pinned() and pinned.rate.is_pinned()
@@ -161,7 +161,7 @@ def test_latents_leave_the_analysis_in_float32_under_bf16_autocast():
 
 
 def test_gains_can_learn_faster_than_the_rest():
-    from mvic.shared.training.train import param_groups
+    from mvic.tools.training.train import param_groups
 
     model = LDMIC(spec_by_name("test-tiny-fast"))
     (one,) = param_groups(model, 1.0)

@@ -8,8 +8,8 @@ from dataclasses import asdict
 
 import pytest
 
-from mvic.shared.evaluation.curve import main, point, read_csv
-from mvic.shared.evaluation.evaluate import RDRow
+from mvic.tools.evaluation.curve import main, point, read_csv
+from mvic.tools.evaluation.evaluate import RDRow
 
 
 def _rows(codec: str, shift_db: float, bpps=(0.2, 0.4, 0.8, 1.6)) -> list[RDRow]:

@@ -1,6 +1,6 @@
 """The training campaign's learning curve (issue 10): one row per evaluated export, a CSV and a figure.
 
-    python -m mvic.shared.evaluation.curve --csv docs/learning-curve.csv --plot docs/learning-curve.png \\
+    python -m mvic.tools.evaluation.curve --csv docs/learning-curve.csv --plot docs/learning-curve.png \\
         --add LABEL --steps N --hours H --results stereo-photos=results/X/real [synthetic=results/X/synth] \\
         [--baselines-from stereo-photos=results/Y/real]
 
@@ -18,9 +18,9 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from mvic.shared.evaluation.bdrate import bd_rate
-from mvic.shared.evaluation.evaluate import RDRow
-from mvic.shared.evaluation.publish import load_results
+from mvic.tools.evaluation.bdrate import bd_rate
+from mvic.tools.evaluation.evaluate import RDRow
+from mvic.tools.evaluation.publish import load_results
 
 ANCHORS = {"x265": "x265-intra-444", "jpeg": "jpeg", "webp": "webp"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from mvic.shared.codec.cli import main
+from mvic.tools.codec_cli import main
 from tests.conftest import random_image
 
 

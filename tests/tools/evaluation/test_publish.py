@@ -10,8 +10,8 @@ from dataclasses import asdict
 import pytest
 
 from mvic.shared.codec import registry
-from mvic.shared.evaluation.evaluate import RDRow, bd_table
-from mvic.shared.evaluation.publish import main
+from mvic.tools.evaluation.evaluate import RDRow, bd_table
+from mvic.tools.evaluation.publish import main
 
 NAME = "tiny-v1"
 README = "# MVIC\n\nIntro.\n\n<!-- rd:tiny-v1:begin -->\nold table\n<!-- rd:tiny-v1:end -->\n\n## After\nText.\n"

@@ -1,7 +1,7 @@
 """Multi-view training groups from single photographs: overlapping crops under mild random perspective warps.
 
-Previous hop: mvic.shared.training.corpus writes ``root/photos/*.jpg`` and ``root/manifest.json`` (with the
-train/test split). Next hop: mvic.shared.training.data.GroupBatcher crops, flips and batches the groups.
+Previous hop: mvic.tools.training.corpus writes ``root/photos/*.jpg`` and ``root/manifest.json`` (with the
+train/test split). Next hop: mvic.tools.training.data.GroupBatcher crops, flips and batches the groups.
 
 Each group comes from one photo. A square window of ``zoom * size`` photo pixels is placed on it; every view sees
 that window moved by a small shift, rotation and scale, with its corners jittered (a homography), and with a slight

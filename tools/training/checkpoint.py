@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mvic.shared.training.ema import WeightsEMA
+from mvic.tools.training.ema import WeightsEMA
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],

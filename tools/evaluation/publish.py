@@ -29,7 +29,7 @@ from pathlib import Path
 from mvic.shared.codec import registry
 from mvic.shared.codec.registry import RDPoint, WeightsRecord
 from mvic.shared.errors import MVICError, ResultsError, WeightsError
-from mvic.shared.evaluation.evaluate import ANCHOR, QUALITY, RDRow
+from mvic.tools.evaluation.evaluate import ANCHOR, QUALITY, RDRow
 
 BD_KEYS = ("psnr", "ms-ssim-db", "bd-psnr-db")  # the Bjontegaard tables of results.json, as bd_table writes them
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvic.shared.evaluation import baselines as bl
-from mvic.shared.evaluation.bdrate import bd_quality, bd_rate
+from mvic.tools.evaluation import baselines as bl
+from mvic.tools.evaluation.bdrate import bd_quality, bd_rate
 from mvic.shared.scene import Scene, SceneConfig
 
 RATES, PSNRS = [0.1, 0.2, 0.4, 0.8], [30.0, 33.0, 35.5, 38.0]
@@ -66,7 +66,7 @@ def test_video_anchor_exploits_repeated_views(views):
 def test_mvic_eval_end_to_end(tiny_weights, tmp_path, capsys):
     import json
 
-    from mvic.shared.evaluation.evaluate import main
+    from mvic.tools.evaluation.evaluate import main
 
     out = tmp_path / "eval"
     assert main(["--weights", str(tiny_weights["test-tiny-fast"]), "--groups", "1", "--cameras", "2",
@@ -80,7 +80,7 @@ def test_mvic_eval_end_to_end(tiny_weights, tmp_path, capsys):
 
 
 def test_bjontegaard_tables_for_psnr_msssim_and_equal_rate():
-    from mvic.shared.evaluation.evaluate import ANCHOR, RDRow, bd_table
+    from mvic.tools.evaluation.evaluate import ANCHOR, RDRow, bd_table
 
     def curve(name, scale, db_shift, ssim_shift):  # same quality at `scale` x the anchor's rate
         return [RDRow(name, i, scale * r, 30 + 3 * i + db_shift, 0.9 + 0.02 * i + ssim_shift, 0.0, 0.0)

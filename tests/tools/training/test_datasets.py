@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mvic.shared.training import datasets as ds
+from mvic.tools.training import datasets as ds
 
 
 def _png(path: Path, h: int = 20, w: int = 30, value: int = 0) -> None:

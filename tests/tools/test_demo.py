@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mvic.shared.demo import main
+from mvic.tools.demo import main
 
 
 def test_demo_decodes_every_frame_and_reports(tiny_weights, tmp_path, capsys):
@@ -24,7 +24,7 @@ def test_demo_decodes_every_frame_and_reports(tiny_weights, tmp_path, capsys):
 def test_wildtrack_folder_names_are_found_or_the_missing_camera_is_named(tmp_path):
     import pytest
 
-    from mvic.shared.demo import wildtrack_videos
+    from mvic.tools.demo import wildtrack_videos
 
     for n in (1, 2):
         (tmp_path / f"cam{n}.mp4").write_bytes(b"")

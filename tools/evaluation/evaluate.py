@@ -26,13 +26,13 @@ from pytorch_msssim import ms_ssim
 
 from mvic.shared.bitstream import pack, unpack
 from mvic.shared.codec.registry import load_model
-from mvic.shared.evaluation import baselines as bl
-from mvic.shared.evaluation.bdrate import bd_quality, bd_rate
-from mvic.shared.evaluation.stereo_photos import StereoPhotoGroups
+from mvic.tools.evaluation import baselines as bl
+from mvic.tools.evaluation.bdrate import bd_quality, bd_rate
+from mvic.tools.evaluation.stereo_photos import StereoPhotoGroups
 from mvic.shared.scene import SceneConfig
-from mvic.shared.training.config import DataConfig
-from mvic.shared.training.data import SyntheticGroups
-from mvic.shared.training.train import make_source
+from mvic.tools.training.config import DataConfig
+from mvic.tools.training.data import SyntheticGroups
+from mvic.tools.training.sources import make_source
 
 BASELINES = bl.BASELINES  # name -> Baseline(code, settings, encoder); see baselines.py
 ANCHOR = "x265-intra-444"

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mvic.shared.training import corpus
-from mvic.shared.training.corpus import Settings, Source, build, dhash, greyness, is_test, main, resize_to
-from mvic.shared.training.photo_views import PhotoWarpGroups
+from mvic.tools.training import corpus
+from mvic.tools.training.corpus import Settings, Source, build, dhash, greyness, is_test, main, resize_to
+from mvic.tools.training.photo_views import PhotoWarpGroups
 
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
 

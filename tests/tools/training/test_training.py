@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from mvic.shared.codec.registry import load_model, sha256_of
-from mvic.shared.training.config import load_config
-from mvic.shared.training.data import FolderGroups, GroupBatcher
-from mvic.shared.training.train import main
+from mvic.tools.training.config import load_config
+from mvic.tools.training.data import FolderGroups, GroupBatcher
+from mvic.tools.training.train import main
 
 CONFIG = """
 model: test-tiny-fast
@@ -104,8 +104,8 @@ def test_weights_travel_in_pieces_and_start_a_new_run(tmp_path):
 
 def test_sources_mix_by_weight_and_glob_many_scene_folders(tmp_path):
     from mvic.shared.scene import SceneConfig, write_scene
-    from mvic.shared.training.config import DataConfig, RunConfig
-    from mvic.shared.training.train import make_batches
+    from mvic.tools.training.config import DataConfig, RunConfig
+    from mvic.tools.training.train import make_batches
 
     for seed in (0, 1):
         write_scene(SceneConfig(seed=seed, cameras=2, height=64, width=96), 2, tmp_path / f"s{seed}")
@@ -120,7 +120,7 @@ def test_sources_mix_by_weight_and_glob_many_scene_folders(tmp_path):
 
 def test_rd_loss_mse_and_msssim_weigh_distortion_by_the_groups_lambda():
     from mvic.shared.codec.model import RDOutput
-    from mvic.shared.training.train import rd_loss
+    from mvic.tools.training.train import rd_loss
 
     torch.manual_seed(0)
     x = torch.rand(2, 2, 3, 192, 192)  # (B, V, 3, H, W); MS-SSIM's 5 scales need > 160 px
@@ -140,7 +140,7 @@ def test_init_from_the_other_context_model_keeps_its_own_mask(tmp_path):
     from mvic.shared.codec.model import LDMIC
     from mvic.shared.codec.registry import export_weights
     from mvic.shared.model_table import spec_by_name
-    from mvic.shared.training.train import init_weights
+    from mvic.tools.training.train import init_weights
 
     fast = LDMIC(spec_by_name("test-tiny-fast"))
     export_weights(fast, tmp_path / "fast.safetensors")

@@ -15,7 +15,7 @@ depends on nothing but the photo itself. ``DIR/LICENSES.md`` summarises the lice
 The build is deterministic and idempotent: a source whose package file and settings match the previous manifest,
 and whose photos are all present, is reused without being read again.
 
-Next hop: mvic.shared.training.photo_views turns these photos into multi-view groups for training.
+Next hop: mvic.tools.training.photo_views turns these photos into multi-view groups for training.
 """
 
 from __future__ import annotations
