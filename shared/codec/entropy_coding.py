@@ -8,25 +8,29 @@ latent; symbols = round(target - means) are written), decoding (symbols are read
 Each session keeps every view's symbols in coding order so ``symbol_crc`` can detect a desync after decoding.
 CDF tables come from the model's EntropyBottleneck / GaussianConditional buffers, which are stored with the
 weights: they are never recomputed on the decoding machine.
+
+Encoding uses CompressAI's rANS encoder (its input is our own latent); decoding uses ``mvic.shared.codec.rans``, a
+bit-compatible decoder that checks every read against the end of the stream, because the stream is hostile input.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
-from compressai.entropy_models import EntropyModel
 from torch import Tensor
 
 from mvic.shared.bitstream import symbol_crc
-from mvic.shared.errors import CorruptBitstreamError
+from mvic.shared.codec._compressai import BufferedRansEncoder, EntropyModel
+from mvic.shared.codec.rans import CdfArrays, RansStream, Status
+from mvic.shared.errors import CorruptBitstreamError, DesyncError
 
 
 @dataclass(frozen=True)
 class CdfTable:
-    """Quantized CDFs of one entropy model, as lists for the C++ coder."""
+    """Quantized CDFs of one entropy model: lists for CompressAI's C++ encoder, arrays for our decoder."""
 
     cdfs: list[list[int]]
     lengths: list[int]
@@ -47,6 +51,10 @@ class CdfTable:
         rows = used.tolist()
         return (remapped.reshape(-1).tolist(), [self.cdfs[u] for u in rows], [self.lengths[u] for u in rows],
                 [self.offsets[u] for u in rows])
+
+    @cached_property
+    def arrays(self) -> CdfArrays:
+        return CdfArrays(self.cdfs, self.lengths, self.offsets)
 
 
 class CodingSession:
@@ -93,21 +101,32 @@ class EncodeSession(CodingSession):
 
 
 class DecodeSession(CodingSession):
-    """Reads each view's symbols from its rANS stream."""
+    """Reads each view's symbols from its rANS stream; a view whose stream fails yields zeros and is not ``intact``."""
 
     def __init__(self, streams: list[bytes]):
         super().__init__(len(streams))
-        self._decoders = []
+        self._streams = []
         for s in streams:
-            if len(s) < 4 or len(s) % 4:
-                raise CorruptBitstreamError(f"entropy-coded stream of {len(s)} bytes is not a whole rANS stream")
-            dec = RansDecoder()
-            dec.set_stream(s)
-            self._decoders.append(dec)
+            if len(s) < 8 or len(s) % 4:
+                raise CorruptBitstreamError(f"entropy-coded stream of {len(s)} bytes is not a whole rANS stream "
+                                            "(a multiple of 4 bytes, at least 8): the bitstream is damaged")
+            self._streams.append(RansStream(s))
 
     def code(self, target, means, indexes, table):
         idx = indexes.to("cpu", torch.int32).reshape(self.batch, -1).numpy()
-        rows = [dec.decode_stream(*table.subset(idx[b])) for b, dec in enumerate(self._decoders)]
-        symbols = torch.tensor(rows, dtype=torch.float64).view(means.shape).to(means.device)
+        arrays = table.arrays
+        rows = np.stack([stream.decode(idx[b], arrays) for b, stream in enumerate(self._streams)])  # (B, N)
+        if not any(stream.status is Status.OK for stream in self._streams):  # nothing left worth decoding
+            raise DesyncError(
+                f"the entropy-coded stream of every view ({self.batch}) is malformed or ends early: the bitstream is "
+                "damaged, or was not coded with these weights; resend or drop these views",
+                list(range(self.batch)),
+            )
+        symbols = torch.from_numpy(rows).to(torch.float64).view(means.shape).to(means.device)
         self._record(symbols)
         return symbols
+
+    def intact(self, b: int) -> bool:
+        """View b's stream decoded without a bounds failure, was read to its last word, and ended in the
+        encoder's initial state: anything else means the stream is damaged (or not from this model)."""
+        return self._streams[b].intact
