@@ -52,7 +52,9 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 500  # steps between checkpoints
     checkpoint_minutes: float = 0.0  # and at most this much wall time between them (0: by steps only)
-    init_from: str = ""  # start a new run from these weights (.safetensors, or a folder of pieces from --export-pieces)
+    # start a new run from these weights: .safetensors, a folder of pieces from --export-pieces, or a CompressAI
+    # single-image model (compressai:mbt2018:<quality>[:ms-ssim][=<file.pth.tar>], or a zoo-named .pth.tar file)
+    init_from: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     extra_data: tuple[DataConfig, ...] = ()  # further sources mixed in by weight (one source per batch)
     optim: OptimConfig = field(default_factory=OptimConfig)
