@@ -62,7 +62,7 @@ def encode_stages(model: LDMIC, image: np.ndarray) -> dict[str, float]:
     t_ha = time.perf_counter() - t0
     session = _TimedEncodeSession(1)
     t0 = time.perf_counter()
-    model._code_latents(y, z, rate, session, ExactOptions())
+    model.latent_codec.code(y, z, rate, session, ExactOptions())
     t_code = time.perf_counter() - t0
     stream = session.finish()[0]
     with exact_mode():

@@ -1,15 +1,19 @@
-"""MVIC fusion server: receive -> group -> joint decode (mvic.shared.codec) -> sink. Never imports mvic.node.
+"""MVIC fusion server: receive -> group -> joint decode (mvic.shared.codec) -> sink -> ack. Never imports mvic.node.
 
 One frame's path, module by module:
 
+    admission.py  bounded admission: streams per client address, the capture-time window, cameras that keep
+                  dropping (the Hello and idle deadlines are enforced by the servicer and the core)
     servicer.py   Fusion.Stream: Hello -> core.connect -> Welcome; ViewPackets -> core.receive   (the only gRPC code,
                   with status.py, where domain errors become status codes)
-    core.py       checks a packet (size, duplicate, bitstream, model), admits it, dispatches ready groups
-    grouper.py    views of one timestamp by capture time within a tolerance; waits at most max_wait for the rest
-    decoder.py    joint decoding: entropy decoding on CPU workers, then equal-shape groups synthesized in batches
+    core.py       checks a packet (sequence via the ack book, size, bitstream, model), admits it, dispatches
+                  ready view sets (one timestamp's views of a camera group), settles each frame once
+    grouper.py    view sets by capture time (mvic.shared.view_sets); waits at most max_wait for the rest
+    decoder.py    joint decoding: entropy decoding on CPU workers, then equal-shape view sets synthesized in batches
                   on the device; a bad view is dropped, the others decoded
     sinks.py      PNG per camera (atomic) and/or one video per camera
-    acks.py       cumulative ack per camera, journalled in out/acks.json before the Ack is sent
+    acks.py       the ack book: sequence checks, camera slots, cumulative acks journalled in out/acks.json
+                  before the Ack is sent
     session.py    per-stream outbox (acks, PacketErrors, close) the servicer sends back
     live.py, webpage.py   live page: mosaic of the newest views, per-camera stats
     metrics.py    Prometheus metrics (mvic_server_*)

@@ -1,9 +1,10 @@
 """The orchestrator: one start order, the reverse stop order, one stop event from ``main``.
 
-Start: metrics endpoint -> core (ack journal, sink and timeout tasks) -> gRPC server with health NOT_SERVING ->
-live page -> model load (on a thread; plus a CPU copy for the entropy workers when decoding on a GPU) -> decode
-pipeline; health turns SERVING and streams are taken once it is in memory.
-Stop (SIGTERM/SIGINT in ``cli.main`` set the stop event): health NOT_SERVING -> core drain (open groups decoded,
+Start: metrics endpoint -> core (ack book and its journal, sink and timeout tasks) -> gRPC server with health
+NOT_SERVING -> live page -> model load (on a thread; plus a CPU copy for the entropy workers when decoding on a GPU)
+-> decode pipeline; health turns SERVING and streams are taken once it is in memory. A damaged ack journal stops the
+start with ``errors.AckJournalError``, which ``mvic-server`` reports in one line.
+Stop (SIGTERM/SIGINT in ``cli.main`` set the stop event): health NOT_SERVING -> core drain (open view sets decoded,
 written, acked; streams told to reconnect) -> gRPC server stop -> live page -> core (decode pipeline, sinks) ->
 metrics.
 
@@ -16,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from importlib import metadata
-from pathlib import Path
 
 import grpc
 import torch
@@ -29,25 +28,14 @@ from mvic.fusion_server.core import FusionCore
 from mvic.fusion_server.decoder import GroupDecoder, resolve_device
 from mvic.fusion_server.live import LiveView
 from mvic.fusion_server.metrics import ServerMetrics
-from mvic.fusion_server.servicer import FusionServicer
+from mvic.fusion_server.servicer import FusionServicer, add_to_server
 from mvic.fusion_server.webpage import LivePage
 from mvic.shared.codec.model import LDMIC
-from mvic.shared.codec.registry import WeightsRecord, default_weights, load_model
-from mvic.shared.rpc import SERVICE_NAME, mvic_pb2_grpc, server_options
+from mvic.shared.codec.registry import load_model, weights_source
+from mvic.shared.rpc import SERVICE_NAME, server_options
+from mvic.shared.rpc.hello import mvic_version
 
 log = logging.getLogger(__name__)
-
-
-def server_version() -> str:
-    try:
-        return metadata.version("mvic")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def weights_source(config: ServerConfig) -> Path | WeightsRecord:
-    """The weights file to load: --weights, else the installed weights of --model (NoTrainedWeightsError if none)."""
-    return Path(config.weights) if config.weights else default_weights(config.model)
 
 
 class FusionApp:
@@ -68,28 +56,37 @@ class FusionApp:
         self.http_port = 0
 
     def _load_model(self, device: str) -> LDMIC:
-        return load_model(weights_source(self.config), model=self.config.model, device=device)
+        return load_model(weights_source(self.config.weights, self.config.model), model=self.config.model, device=device)
 
     async def start(self) -> None:
         c = self.config
         if c.metrics_port:
-            self._metrics_server, _ = start_http_server(c.metrics_port, registry=self.registry)
+            try:
+                self._metrics_server, _ = start_http_server(c.metrics_port, registry=self.registry)
+            except OSError as exc:
+                raise OSError(f"cannot serve metrics on port {c.metrics_port} ({exc.strerror or exc}); stop the "
+                              "program that holds it or choose another --metrics-port") from None
             log.info("metrics on :%d/metrics", c.metrics_port)
-        self.core = FusionCore(c, self.metrics, self.live, server_version=server_version())
+        self.core = FusionCore(c, self.metrics, self.live, server_version=mvic_version())
         await self.core.start()
         self._server = grpc.aio.server(options=server_options(c.max_packet_bytes))
-        mvic_pb2_grpc.add_FusionServicer_to_server(FusionServicer(self.core), self._server)
+        add_to_server(FusionServicer(self.core), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self._server.add_insecure_port(c.listen)
+        try:
+            self.port = self._server.add_insecure_port(c.listen)
+        except RuntimeError:  # gRPC's words for a port that cannot be bound
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen on {c.listen}")
+            raise OSError(f"cannot listen on {c.listen}: the port is in use (another mvic-server?) or the host is not "
+                          "an address of this machine; stop the program that holds it or choose another --listen")
         await self._server.start()
         log.info("gRPC on %s (port %d), health NOT_SERVING until the model is loaded", c.listen, self.port)
         if c.http:
             host, port = split_host_port(c.http)
-            self._page = LivePage(self.live, host, port, lambda: self.core is not None and self.core.ready)
-            self._page.start()
+            self._page = LivePage(self.live, host, port, lambda: self.core is not None and self.core.ready,
+                                  self.metrics, max_connections=c.http_max_connections, timeout_s=c.http_timeout_s)
+            await self._page.start()
             self.http_port = self._page.port
         device = resolve_device(c.device)
         if c.decode.torch_threads:
@@ -108,12 +105,12 @@ class FusionApp:
         self.metrics.model_loaded.set(1)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("model %s (weights %s) loaded: entropy decoding on %d CPU worker(s), synthesis on %s in batches of "
-                 "up to %d groups: serving", model.spec.name, model.weights_hash.hex(), c.decode.workers, device,
+                 "up to %d view sets: serving", model.spec.name, model.weights_hash.hex(), c.decode.workers, device,
                  c.decode.max_batch)
 
     async def stop(self) -> None:
         """Reverse order; safe after a partial start."""
-        log.info("stopping: draining in-flight groups (up to %.1f s)", self.config.shutdown_grace_s)
+        log.info("stopping: draining in-flight view sets (up to %.1f s)", self.config.shutdown_grace_s)
         await self.health.enter_graceful_shutdown()
         self.metrics.model_loaded.set(0)
         if self.core is not None:
@@ -121,7 +118,7 @@ class FusionApp:
         if self._server is not None:
             await self._server.stop(grace=min(2.0, self.config.shutdown_grace_s))
         if self._page is not None:
-            self._page.stop()
+            await self._page.stop()
         if self.core is not None:
             await self.core.stop()
         if self._metrics_server is not None:

@@ -1,11 +1,13 @@
 """``mvic-server``: the fusion server's command line (receive -> group -> joint decode -> sink).
 
     mvic-server --gpu 0 --weights W.safetensors --out out/ --http 0.0.0.0:8080 --metrics-port 9101
-    mvic-server --device cpu --config server.yaml
-    mvic-server --config server.yaml --validate-config
+    mvic-server --device cpu --config server.yaml --set grouping.max_wait_ms=500
+    mvic-server --config server.yaml --validate-config                # check, print the effective config, exit
 
-Flags override the YAML file (``config.ServerConfig`` documents every key). SIGTERM/SIGINT drain in-flight groups,
-acknowledge what was written and exit 0. Exit codes: 0 done, 1 cannot start (weights, port), 2 bad configuration.
+Settings come from ``--config server.yaml`` (``config.ServerConfig`` documents every key), then ``--set KEY=VALUE``,
+then the named flags below: the command-line dialect of ``mvic.shared.config``, the same as ``mvic-node``'s.
+SIGTERM/SIGINT drain in-flight groups, acknowledge what was written and exit 0. Exit status (also in ``--help``):
+0 stopped cleanly; 1 failed while serving; 2 did not start (configuration, weights, listen address).
 """
 
 from __future__ import annotations
@@ -15,24 +17,39 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
-from mvic.fusion_server.app import FusionApp, weights_source
-from mvic.fusion_server.config import LOG_LEVELS, load_config
-from mvic.fusion_server.errors import ConfigError
+from mvic.fusion_server.config import ConfigError, ServerConfig, load_config
+from mvic.shared.config import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    LOG_LEVELS,
+    add_config_arguments,
+    config_error,
+    exit_status_epilog,
+    print_validated,
+)
+from mvic.shared.config import overrides as config_overrides
 from mvic.shared.errors import MVICError
+from mvic.shared.model_table import DEFAULT_MODEL
 
+PROG = "mvic-server"
 log = logging.getLogger("mvic.fusion_server")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mvic-server", description="MVIC fusion server: joint decoding of camera views")
-    p.add_argument("--config", metavar="server.yaml", help="YAML configuration (flags override it)")
-    p.add_argument("--validate-config", action="store_true", help="check the configuration, print it and exit")
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=exit_status_epilog(
+                                    failed="the server failed while serving (the log says why)",
+                                    unusable="weights that cannot be found, or an address that cannot be listened on"))
+    add_config_arguments(p, "server.yaml")
     dev = p.add_mutually_exclusive_group()
     dev.add_argument("--gpu", type=int, metavar="N", help="decode on CUDA device N (CPU fallback when absent)")
     dev.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 0.0.0.0:50051)")
-    p.add_argument("--model", help="architecture the nodes code with (default ldmic-fast-lite)")
+    p.add_argument("--model", help=f"architecture the nodes code with (default {DEFAULT_MODEL})")
     p.add_argument("--weights", metavar="FILE",
                    help="weights .safetensors (default: the installed weights of --model); an empty value "
                         "(--weights=) selects the installed weights even where --config names a file")
@@ -42,50 +59,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", action="store_true", default=None, help="also write one video per camera")
     p.add_argument("--http", metavar="HOST:PORT", help="serve the live page here, e.g. 0.0.0.0:8080")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics port")
-    p.add_argument("--log-level", choices=LOG_LEVELS, help="default INFO")
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
     return p
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    device = f"cuda:{args.gpu}" if args.gpu is not None else args.device
-    return {"device": device, "listen": args.listen, "model": args.model, "weights": args.weights, "out": args.out,
-            "cameras": tuple(args.cameras) if args.cameras else None, "http": args.http,
-            "metrics_port": args.metrics_port, "log_level": args.log_level}
+_FLAG_KEYS = {
+    "device": "device", "listen": "listen", "model": "model", "weights": "weights", "out": "out",
+    "cameras": "cameras", "video": "sinks.video", "http": "http", "metrics_port": "metrics_port",
+    "log_level": "log_level",
+}
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """The command line as dotted-key overrides: --set, then the named flags (--gpu N is device cuda:N)."""
+    out = config_overrides(args, _FLAG_KEYS)
+    if args.gpu is not None:
+        out["device"] = f"cuda:{args.gpu}"
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The effective configuration: --config, then --set, then the named flags."""
+    return load_config(args.config, overrides(args))
+
+
+def preflight(config: ServerConfig) -> None:
+    """Checks that need no model load, before any port is opened: the weights file exists, or trained weights are
+    installed for the model. Raises ConfigError naming the key."""
+    from mvic.shared.codec.registry import weights_source
+
+    try:
+        source = weights_source(config.weights, config.model)
+    except MVICError as exc:
+        raise ConfigError(f"weights: {exc}") from None
+    if isinstance(source, Path) and not source.is_file():
+        raise ConfigError(f"weights: {source} is not a file; give an existing .safetensors file, or --weights= for "
+                          "the installed weights")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config, _overrides(args))
-        if args.video:
-            from dataclasses import replace
-            config = replace(config, sinks=replace(config.sinks, video=True))
+        config = config_from_args(args)
+        preflight(config)
     except ConfigError as exc:
-        print(f"mvic-server: {exc}", file=sys.stderr)
-        return 2
+        return config_error(PROG, exc)
     if args.validate_config:
-        print(f"configuration OK: {config}")
-        return 0
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return print_validated(PROG, config, f"(model {config.model}, device {config.device})")
+    logging.basicConfig(level=config.log_level, format=f"%(asctime)s %(levelname)s {PROG} %(name)s: %(message)s")
     try:
-        weights_source(config)  # fail fast, before opening ports, when no weights are installed
-    except MVICError as exc:
-        log.error("%s", exc)
-        return 1
-    try:
-        asyncio.run(_serve(config))
+        return asyncio.run(_serve(config))
     except (MVICError, OSError) as exc:
-        log.error("cannot run the server: %s", exc)
-        return 1
-    return 0
+        log.error("failed while serving: %s", exc)
+        return EXIT_FAILED
 
 
-async def _serve(config) -> None:
+async def _serve(config: ServerConfig) -> int:
+    """Start, serve until SIGTERM/SIGINT, stop (also after a failed start); EXIT_CONFIG when it could not start."""
+    from mvic.fusion_server.app import FusionApp
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await FusionApp(config).run(stop)
+    app = FusionApp(config)
+    try:
+        try:
+            await app.start()
+        except (MVICError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_CONFIG
+        await stop.wait()
+        return EXIT_OK
+    finally:
+        await app.stop()
 
 
 if __name__ == "__main__":

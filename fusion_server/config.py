@@ -1,24 +1,42 @@
 """Server configuration: frozen dataclasses loaded from YAML by one function; unknown keys are errors.
 
-Read by ``mvic.fusion_server.cli`` (YAML file, then command-line flags on top) and handed to
-``mvic.fusion_server.app.FusionApp``, which gives each stage (receive -> group -> joint decode -> sink) its section.
-Errors name the key path (``grouping.tolerance_ms``) so an operator can find the line in ``server.yaml``.
+Read by ``mvic.fusion_server.cli`` (YAML file, then ``--set KEY=VALUE`` and the named flags on top: the dialect of
+``mvic.shared.config``, the same as the node's) and handed to ``mvic.fusion_server.app.FusionApp``, which gives each
+stage (receive -> group -> joint decode -> sink) its section. Errors start with the key path
+(``grouping.tolerance_ms: ...``) so an operator can find the line in ``server.yaml``.
 
     listen: 0.0.0.0:50051          # gRPC address, host:port
     device: auto                   # auto (cuda:0 when present, else cpu), cpu, cuda, cuda:N
     model: ldmic-fast-lite         # architecture the nodes code with
     weights: ""                    # weights file; "" = the installed weights of the model
     out: mvic-out                  # reconstructions and the ack journal
-    cameras: []                    # allowed camera ids; [] = any camera (up to max_cameras)
+    cameras: []                    # allowed camera ids (mvic.shared.ids' rule); [] = any camera (up to max_cameras)
     max_cameras: 64                # distinct cameras served (bounds metric labels and memory)
     max_packet_bytes: 8388608      # largest ViewPacket.bitstream taken, bytes
     log_level: INFO
+    admission:                     # what a peer may hold and send before anything else sees it
+      hello_timeout_s: 10.0        # a stream that sends no Hello within this long ends (DEADLINE_EXCEEDED)
+      idle_timeout_s: 300.0        # a stream that sends nothing for this long ends (DEADLINE_EXCEEDED; the node
+                                   # reconnects when it has frames again); 0 = no idle deadline
+      max_streams_per_peer: 64     # open streams per client address, Hello or not (RESOURCE_EXHAUSTED beyond);
+                                   # raise it when more cameras than this share one address (NAT)
+      max_capture_ahead_s: 60.0    # a view captured further ahead of the server's clock is refused (PacketError
+                                   # MALFORMED): a camera clock set in the future would stop its views joining others
+      max_capture_age_s: 0.0       # a view captured longer ago is refused; 0 = any age (a node's spool may resend
+                                   # a backlog of days after an outage)
     grouping:
       tolerance_ms: 30.0           # views whose capture times differ by at most this belong to one group
       max_wait_ms: 250.0           # wait at most this long for missing views, then decode those present
       max_open_groups: 64          # more open groups than this: the oldest is decoded at once
       away_wait_ms: 5000.0         # a camera that dropped its stream (or every camera after a restart) is
                                    # awaited this long: its backlog still joins the others' views
+      max_drops: 3                 # a camera whose stream broke this many times in a row without a frame stored
+                                   # is neither awaited nor expected until one of its frames is stored; 0 = always
+    limits:                        # what one view or view set may cost to decode, whatever its packet declares
+      max_view_pixels: 9437184     # padded pixels of one view (4096x2304: UHD and DCI 4K); a larger view is refused
+                                   # at receipt (PacketError TOO_LARGE, reason too_many_pixels)
+      max_set_pixels: 75497472     # padded pixels decoded jointly (8 such views); a view set holding more is
+                                   # decoded in parts of at most this many pixels, each part jointly
     decode:
       workers: 2                   # CPU threads entropy-decoding groups at the same time (a CPU copy of the model
                                    # when the device is a GPU)
@@ -32,6 +50,9 @@ Errors name the key path (``grouping.tolerance_ms``) so an operator can find the
       video: false                 # out/<camera>.mp4 (OpenCV, mp4v), frames appended in capture order
       video_fps: 10.0
     http: ""                       # live page host:port ("" = none), e.g. 0.0.0.0:8080
+    http_max_connections: 32       # live page sockets open at once; at the cap a new one replaces the longest idle
+    http_timeout_s: 10.0           # live page deadline for a whole request head, for an idle kept-alive connection
+                                   # and for a client to take a response; a client that misses it is closed
     metrics_port: 0                # Prometheus /metrics port (0 = none)
     shutdown_grace_s: 10.0         # SIGTERM: time to drain in-flight groups and deliver the last acks
 """
@@ -39,17 +60,18 @@ Errors name the key path (``grouping.tolerance_ms``) so an operator can find the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvic.fusion_server.errors import ConfigError
-from mvic.shared.bitstream import MAX_CAMERA_ID_BYTES
-from mvic.shared.config import build, read_yaml
+from mvic.fusion_server.errors import ConfigError as ConfigError  # re-exported: config errors are the shared kind
+from mvic.shared.bitstream import MAX_SIDE, PAD_MULTIPLE
+from mvic.shared.config import LOG_LEVELS, build, read_yaml, require, set_dotted
+from mvic.shared.errors import IdError
+from mvic.shared.ids import validate_camera_id
 from mvic.shared.model_table import DEFAULT_MODEL, MODELS_BY_NAME
 from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, DEFAULT_PORT
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PNG_NAMES = ("sequence", "capture_ns")
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[\w.\-]+):\d{1,5}$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -61,6 +83,22 @@ class GroupingConfig:
     max_wait_ms: float = 250.0
     max_open_groups: int = 64
     away_wait_ms: float = 5000.0
+    max_drops: int = 3
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    hello_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    max_streams_per_peer: int = 64
+    max_capture_ahead_s: float = 60.0
+    max_capture_age_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_view_pixels: int = 4096 * 2304
+    max_set_pixels: int = 8 * 4096 * 2304
 
 
 @dataclass(frozen=True)
@@ -90,58 +128,72 @@ class ServerConfig:
     max_cameras: int = 64
     max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES
     log_level: str = "INFO"
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     grouping: GroupingConfig = field(default_factory=GroupingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     sinks: SinkConfig = field(default_factory=SinkConfig)
     http: str = ""
+    http_max_connections: int = 32
+    http_timeout_s: float = 10.0
     metrics_port: int = 0
     shutdown_grace_s: float = 10.0
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ServerConfig:
-    """The one way to build a ServerConfig: YAML file (or defaults), then flat overrides, then validation."""
-    config = build(ServerConfig, read_yaml(path))
-    if overrides:
-        config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    """The one loader: ``server.yaml`` (or defaults), then dotted-key overrides from the command line on top
+    (``{"grouping.max_wait_ms": 100}``; None values are left out), then every check. Raises ConfigError naming the
+    key path."""
+    config = build(ServerConfig, set_dotted(read_yaml(path), overrides or {}))
     validate(config)
     return config
 
 
 def validate(c: ServerConfig) -> None:
     """Raise ConfigError naming the first key whose value cannot be used."""
-    _need(bool(_HOST_PORT.match(c.listen)), "listen", f"{c.listen!r} is not host:port")
-    _need(bool(_DEVICE.match(c.device)), "device", f"{c.device!r} is not auto, cpu, cuda or cuda:N")
-    _need(c.model in MODELS_BY_NAME, "model", f"{c.model!r} is unknown; known: {', '.join(MODELS_BY_NAME)}")
-    _need(bool(c.out), "out", "an output folder is required")
+    require(bool(_HOST_PORT.match(c.listen)), "listen", f"{c.listen!r} is not host:port")
+    require(bool(_DEVICE.match(c.device)), "device", f"{c.device!r} is not auto, cpu, cuda or cuda:N")
+    require(c.model in MODELS_BY_NAME, "model", f"{c.model!r} is unknown; known: {', '.join(MODELS_BY_NAME)}")
+    require(bool(c.out), "out", "an output folder is required")
     for cam in c.cameras:
-        _need(isinstance(cam, str) and 1 <= len(cam.encode()) <= MAX_CAMERA_ID_BYTES and cam.isprintable(),
-              "cameras", f"camera id {cam!r} must be 1..{MAX_CAMERA_ID_BYTES} printable UTF-8 bytes")
-    _need(len(set(c.cameras)) == len(c.cameras), "cameras", "a camera is listed twice")
-    _need(c.max_cameras >= max(1, len(c.cameras)), "max_cameras", "must be >= 1 and >= the number of cameras")
-    _need(1024 <= c.max_packet_bytes <= 256 << 20, "max_packet_bytes", "must be 1 KiB .. 256 MiB")
-    _need(c.log_level in LOG_LEVELS, "log_level", f"one of {', '.join(LOG_LEVELS)}")
+        try:
+            validate_camera_id(cam)
+        except IdError as exc:
+            raise ConfigError(f"cameras: {exc}; fix the list in server.yaml or --camera") from None
+    require(len(set(c.cameras)) == len(c.cameras), "cameras", "a camera is listed twice")
+    require(c.max_cameras >= max(1, len(c.cameras)), "max_cameras", "must be >= 1 and >= the number of cameras")
+    require(1024 <= c.max_packet_bytes <= 256 << 20, "max_packet_bytes", "must be 1 KiB .. 256 MiB")
+    require(c.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
     g = c.grouping
-    _need(0 <= g.tolerance_ms <= 10_000, "grouping.tolerance_ms", "must be 0..10000")
-    _need(0 <= g.max_wait_ms <= 60_000, "grouping.max_wait_ms", "must be 0..60000")
-    _need(g.max_open_groups >= 1, "grouping.max_open_groups", "must be >= 1")
-    _need(0 <= g.away_wait_ms <= 600_000, "grouping.away_wait_ms", "must be 0..600000")
+    require(0 <= g.tolerance_ms <= 10_000, "grouping.tolerance_ms", "must be 0..10000")
+    require(0 <= g.max_wait_ms <= 60_000, "grouping.max_wait_ms", "must be 0..60000")
+    require(g.max_open_groups >= 1, "grouping.max_open_groups", "must be >= 1")
+    require(0 <= g.away_wait_ms <= 600_000, "grouping.away_wait_ms", "must be 0..600000")
+    require(g.max_drops >= 0, "grouping.max_drops", "must be >= 0")
+    a = c.admission
+    require(0 < a.hello_timeout_s <= 600, "admission.hello_timeout_s", "must be in (0, 600]")
+    require(a.idle_timeout_s >= 0, "admission.idle_timeout_s", "must be >= 0 (0 = no idle deadline)")
+    require(a.max_streams_per_peer >= 1, "admission.max_streams_per_peer", "must be >= 1")
+    require(a.max_capture_ahead_s > 0, "admission.max_capture_ahead_s", "must be > 0")
+    require(a.max_capture_age_s >= 0, "admission.max_capture_age_s", "must be >= 0 (0 = any age)")
+    lim = c.limits
+    require(PAD_MULTIPLE**2 <= lim.max_view_pixels <= MAX_SIDE**2, "limits.max_view_pixels",
+            f"must be {PAD_MULTIPLE**2}..{MAX_SIDE**2} ({PAD_MULTIPLE}x{PAD_MULTIPLE} .. {MAX_SIDE}x{MAX_SIDE})")
+    require(lim.max_set_pixels >= lim.max_view_pixels, "limits.max_set_pixels", "must be >= limits.max_view_pixels")
     d = c.decode
-    _need(1 <= d.workers <= 64, "decode.workers", "must be 1..64")
-    _need(1 <= d.max_batch <= 64, "decode.max_batch", "must be 1..64")
-    _need(d.max_inflight_groups >= d.workers, "decode.max_inflight_groups", "must be >= decode.workers")
-    _need(d.torch_threads >= 0, "decode.torch_threads", "must be >= 0")
-    _need(c.sinks.png_name in PNG_NAMES, "sinks.png_name", f"one of {', '.join(PNG_NAMES)}")
-    _need(0 < c.sinks.video_fps <= 1000, "sinks.video_fps", "must be in (0, 1000]")
-    _need(not c.http or bool(_HOST_PORT.match(c.http)), "http", f"{c.http!r} is not host:port")
-    _need(0 <= c.metrics_port < 65536, "metrics_port", "must be 0..65535")
-    _need(c.shutdown_grace_s >= 0, "shutdown_grace_s", "must be >= 0")
+    require(1 <= d.workers <= 64, "decode.workers", "must be 1..64")
+    require(1 <= d.max_batch <= 64, "decode.max_batch", "must be 1..64")
+    require(d.max_inflight_groups >= d.workers, "decode.max_inflight_groups", "must be >= decode.workers")
+    require(d.torch_threads >= 0, "decode.torch_threads", "must be >= 0")
+    require(c.sinks.png_name in PNG_NAMES, "sinks.png_name", f"must be one of {', '.join(PNG_NAMES)}")
+    require(0 < c.sinks.video_fps <= 1000, "sinks.video_fps", "must be in (0, 1000]")
+    require(not c.http or bool(_HOST_PORT.match(c.http)), "http", f"{c.http!r} is not host:port")
+    require(1 <= c.http_max_connections <= 4096, "http_max_connections", "must be 1..4096")
+    require(0 < c.http_timeout_s <= 600, "http_timeout_s", "must be in (0, 600]")
+    require(0 <= c.metrics_port < 65536, "metrics_port", "must be 0..65535")
+    require(c.shutdown_grace_s >= 0, "shutdown_grace_s", "must be >= 0")
 
 
 def split_host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def _need(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"server config: {key}: {message}")

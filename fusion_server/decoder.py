@@ -1,7 +1,7 @@
 """Joint decoding of groups, in two stages: group -> **entropy decode (CPU) -> batched synthesis (device)** -> sink.
 
-Hop before: the grouper emits a ``ViewGroup`` (views of one timestamp, one per camera); the core submits it here.
-Hop after: the sink stage (``sinks.FrameSinks``) writes the ``GroupResult``'s frames; the core then acknowledges.
+Hop before: the grouper emits a ``ViewSet`` (one timestamp's views, one per camera); the core submits it here.
+Hop after: the sink stage (``sinks.FrameSinks``) writes the ``DecodeResult``'s frames; the core then acknowledges.
 
 ``DecodePipeline`` runs the stages:
 
@@ -14,6 +14,12 @@ Hop after: the sink stage (``sinks.FrameSinks``) writes the ``GroupResult``'s fr
    for a batch to fill: what is ready when the device is free goes together. A failed batch is retried group by
    group, then view by view, so one bad view never costs the others their reconstruction.
 
+Both stages take their work in fair order (``fair_queue.FairQueue``: owners are the cameras of a group or part,
+costs its pixels), so one camera's expensive views cannot hold back the others' acks. A view reaches them only within
+the server's limits: the core refuses a view over ``limits.max_view_pixels`` or whose stream is shorter than any
+stream of its size (``GroupDecoder.check_stream``), and ``decode_units`` cuts a view set into the parts decoded on
+their own: one per padded size, of at most ``limits.max_set_pixels`` each.
+
 Both models are read-only after loading, so the threads share them.
 """
 
@@ -22,29 +28,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from mvic.fusion_server.errors import (
     DecodeFailedError,
+    IncompatibleNodeError,
     MalformedPacketError,
     PacketModelMismatchError,
     PacketRejected,
 )
+from mvic.fusion_server.fair_queue import FairQueue
 from mvic.fusion_server.metrics import ServerMetrics
-from mvic.fusion_server.records import DecodedFrame, GroupResult, ReceivedView, ViewGroup
-from mvic.shared.bitstream import FORMAT_VERSION, ViewHeader
+from mvic.fusion_server.records import DecodedFrame, DecodeResult, FailedView, ReceivedView, ViewSet
+from mvic.shared.bitstream import FORMAT_VERSION, ViewBitstream, ViewHeader
+from mvic.shared.codec.compat import CodecIdentity, check_compatible
 from mvic.shared.codec.model import LDMIC, GroupLatents
-from mvic.shared.errors import BitstreamError, DesyncError, MVICError
-from mvic.shared.model_table import MODELS_BY_ID
+from mvic.shared.errors import BitstreamError, CorruptBitstreamError, DesyncError, ModelMismatchError, MVICError
+from mvic.shared.rpc.hello import Hello
 
 log = logging.getLogger(__name__)
 
-Failed = tuple[ReceivedView, PacketRejected]
+Failed = FailedView
 
 _DEVICE_ERRORS = tuple(t for t in (torch.cuda.OutOfMemoryError, getattr(torch, "AcceleratorError", None)) if t)
 _DEVICE_WORDS = ("CUDA", "cuDNN", "CUDNN", "CUBLAS", "cuBLAS", "NCCL", "device-side assert")
@@ -73,7 +81,7 @@ class ViewLatents:
 class EntropyDecoded:
     """A group after the CPU stage: one ``ViewLatents`` per padded size, and the views that failed for good."""
 
-    group: ViewGroup
+    view_set: ViewSet
     parts: tuple[ViewLatents, ...]
     failed: tuple[Failed, ...]
     seconds: float
@@ -102,25 +110,50 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
+def decode_units(view_set: ViewSet, max_pixels: int) -> list[ViewSet]:
+    """The parts of a view set that are decoded, written and acknowledged on their own (the view set itself when it is
+    one part): its views of one padded size, which the codec decodes apart from other sizes anyway, and of those at
+    most ``max_pixels`` padded pixels (``limits.max_set_pixels``) in one part, each part decoded jointly. Parts hold
+    views in camera order, and a size's views are shared out evenly among its parts."""
+    by_size: dict[tuple[int, int], list[ReceivedView]] = {}
+    for view in view_set.views:
+        by_size.setdefault(view.bitstream.header.padded_size, []).append(view)
+    parts: list[list[ReceivedView]] = []
+    for (hp, wp), views in by_size.items():
+        per_part = max(1, max_pixels // (hp * wp))
+        count = -(-len(views) // per_part)  # ceil
+        parts += [views[i * len(views) // count: (i + 1) * len(views) // count] for i in range(count)]
+    if len(parts) == 1:
+        return [view_set]
+    return [replace(view_set, views=tuple(part)) for part in parts]
+
+
+def _pixels(views: Sequence[ReceivedView]) -> int:
+    """Padded pixels: what decoding the views costs, in time and memory."""
+    return sum(h * w for h, w in (v.bitstream.header.padded_size for v in views))
+
+
 class GroupDecoder:
-    """The loaded models plus the checks a packet must pass before it may join a group.
+    """The loaded models plus the checks a node and its packets must pass before a view may join a group.
 
     ``model`` synthesizes on its device; ``entropy_model`` (default: ``model``) entropy-decodes, a CPU copy of the
-    same weights when ``model`` is on a GPU.
+    same weights when ``model`` is on a GPU. Whether a node's model and weights fit is the codec's one rule
+    (``mvic.shared.codec.compat``); here its ModelMismatchError becomes the server's error for a Hello
+    (IncompatibleNodeError, the stream ends) or for a packet (PacketModelMismatchError, the packet is dropped).
     """
 
     def __init__(self, model: LDMIC, entropy_model: LDMIC | None = None):
         if model.weights_hash is None:
             raise ValueError("the model has no weights hash; load it with mvic.shared.codec.registry.load_model")
         entropy_model = entropy_model or model
-        if (entropy_model.spec, entropy_model.weights_hash) != (model.spec, model.weights_hash):
+        if entropy_model.identity != model.identity:
             raise ValueError("the entropy-decoding model must be a copy of the synthesis model (same weights file)")
         self.model = model
         self.entropy_model = entropy_model
-        self.model_id = model.spec.model_id
+        self.identity: CodecIdentity = model.identity
         self.model_name = model.spec.name
-        self.weights_hash: bytes = model.weights_hash
         self.format_version = FORMAT_VERSION
+        self._floor = entropy_model.latent_codec.stream_floor()  # both models have the same tables
 
     @property
     def device(self) -> str:
@@ -133,24 +166,36 @@ class GroupDecoder:
         self.model = self.entropy_model
         return True
 
-    def check_header(self, header: ViewHeader) -> None:
-        """Raise a PacketRejected when this server can never decode the view."""
-        if header.model_id != self.model_id or header.weights_hash != self.weights_hash:
-            other = MODELS_BY_ID.get(header.model_id)
-            raise PacketModelMismatchError(
-                header.sequence,
-                f"view {header.camera_id}#{header.sequence} was coded with model "
-                f"{other.name if other else hex(header.model_id)} weights {header.weights_hash.hex()}, this server "
-                f"decodes {self.model_name} weights {self.weights_hash.hex()}; run the node with the server's weights",
-            )
-        if header.rate_index >= self.model.spec.num_rates:
-            raise MalformedPacketError(
-                header.sequence,
-                f"view {header.camera_id}#{header.sequence} asks for rate point {header.rate_index}; "
-                f"{self.model_name} has {self.model.spec.num_rates} (0..{self.model.spec.num_rates - 1})",
-            )
+    def check_node(self, hello: Hello) -> None:
+        """Raise IncompatibleNodeError when the node codes with another model or other weights than this server."""
+        try:
+            check_compatible(CodecIdentity.of(hello), self.identity, coded_by=f"camera {hello.camera_id}",
+                             decoded_by="this server")
+        except ModelMismatchError as exc:
+            raise IncompatibleNodeError(str(exc)) from None
 
-    def decode(self, group: ViewGroup) -> GroupResult:
+    def check_header(self, header: ViewHeader) -> None:
+        """Raise a PacketRejected when this server can never decode the view (the codec's own header check)."""
+        try:
+            self.model.check_header(header, decoded_by="this server")
+        except ModelMismatchError as exc:
+            raise PacketModelMismatchError(header.sequence, str(exc)) from None
+        except CorruptBitstreamError as exc:
+            raise MalformedPacketError(header.sequence, str(exc)) from None
+
+    def check_stream(self, view: ViewBitstream) -> None:
+        """Raise MalformedPacketError when the view carries less entropy-coded data than any stream of its size
+        (``LDMIC.min_stream_bytes``): such a view is damaged or forged, and decoding it would cost what its declared
+        size costs, not what its bytes pay for (issue 13: 69 bytes declaring 16384x16384)."""
+        h = view.header
+        need = self.entropy_model.min_stream_bytes(h.padded_size, self._floor)
+        if view.payload_bytes < need:
+            raise MalformedPacketError(
+                h.sequence, f"view {h.camera_id}#{h.sequence} declares a {h.width}x{h.height} image in "
+                f"{view.payload_bytes} bytes of entropy-coded data, but every stream of that size takes at least "
+                f"{need} bytes with model {self.model_name!r}: the packet is damaged or forged, and is dropped")
+
+    def decode(self, group: ViewSet) -> DecodeResult:
         """Both stages for one group, on the calling thread (tools and tests; the server uses DecodePipeline)."""
         entropy = self.entropy_decode(group)
         start = time.perf_counter()
@@ -160,12 +205,12 @@ class GroupDecoder:
         return _result(group, [f for s in done for f in s.frames], failed, seconds)
 
     # --------------------------------------------------------------------------------- stage 1: CPU worker
-    def entropy_decode(self, group: ViewGroup) -> EntropyDecoded:
+    def entropy_decode(self, group: ViewSet) -> EntropyDecoded:
         """Entropy-decode a group's views jointly, per padded size; views that cannot be decoded come back failed."""
         start = time.perf_counter()
         by_size: dict[tuple[int, int], list[ReceivedView]] = {}
         for view in group.views:
-            by_size.setdefault(view.view.header.padded_size, []).append(view)
+            by_size.setdefault(view.bitstream.header.padded_size, []).append(view)
         parts: list[ViewLatents] = []
         failed: list[Failed] = []
         for views in by_size.values():
@@ -178,7 +223,7 @@ class GroupDecoder:
         pending, failed = list(views), []
         while pending:
             try:
-                latents = self.entropy_model.entropy_decode([v.view for v in pending])
+                latents = self.entropy_model.entropy_decode([v.bitstream for v in pending])
             except DesyncError as exc:
                 bad = set(exc.failed) or set(range(len(pending)))
                 failed += [(pending[i], DecodeFailedError(pending[i].sequence, str(exc))) for i in sorted(bad)]
@@ -228,10 +273,10 @@ class GroupDecoder:
 
 @dataclass(eq=False)
 class _Job:
-    """One group between submit and its GroupResult; lives on the event loop only."""
+    """One group between submit and its DecodeResult; lives on the event loop only."""
 
     entropy: EntropyDecoded
-    future: asyncio.Future[GroupResult]
+    future: asyncio.Future[DecodeResult]
     remaining: int
     frames: list[DecodedFrame] = field(default_factory=list)
     failed: list[Failed] = field(default_factory=list)
@@ -244,14 +289,16 @@ class _Job:
         self.remaining -= 1
         if self.remaining <= 0 and not self.future.done():
             e = self.entropy
-            self.future.set_result(_result(e.group, self.frames, [*e.failed, *self.failed], e.seconds + self.seconds))
+            self.future.set_result(_result(e.view_set, self.frames, [*e.failed, *self.failed],
+                                           e.seconds + self.seconds))
 
 
 class DecodePipeline:
     """Entropy decoding on ``workers`` CPU threads, then one device thread that synthesizes batches of groups.
 
-    ``submit`` is called on the event loop and returns a future of the group's GroupResult; the device stage runs
-    as a task on the same loop (``start`` / ``stop``), so the pending list needs no lock.
+    ``submit`` is called on the event loop and returns a future of the group's DecodeResult; the device stage runs
+    as a task on the same loop (``start`` / ``stop``), so the queues need no lock. Both stages take their next work
+    from a ``FairQueue`` (owner: the cameras; cost: padded pixels), not in arrival order.
     """
 
     def __init__(self, decoder: GroupDecoder, metrics: ServerMetrics, *, workers: int, max_batch: int,
@@ -260,9 +307,12 @@ class DecodePipeline:
         self.on_device_fault = on_device_fault
         self.metrics = metrics
         self.max_batch = max_batch
+        self.workers = workers
         self._entropy_pool = ThreadPoolExecutor(workers, thread_name_prefix="mvic-entropy")
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="mvic-synthesis")
-        self._pending: deque[tuple[_Job, ViewLatents]] = deque()  # entropy-decoded, oldest first
+        self._waiting: FairQueue[tuple[ViewSet, asyncio.Future[DecodeResult]]] = FairQueue()  # for a CPU worker
+        self._running = 0  # groups on the CPU workers
+        self._pending: FairQueue[tuple[_Job, ViewLatents]] = FairQueue()  # entropy-decoded, for the device
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -273,17 +323,32 @@ class DecodePipeline:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for _, future in self._waiting.drain():
+            future.cancel()
         self._entropy_pool.shutdown(wait=True, cancel_futures=True)
         self._device_pool.shutdown(wait=True)
 
-    def submit(self, group: ViewGroup) -> asyncio.Future[GroupResult]:
+    def submit(self, group: ViewSet) -> asyncio.Future[DecodeResult]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[GroupResult] = loop.create_future()
-        work = self._entropy_pool.submit(self.decoder.entropy_decode, group)
-        work.add_done_callback(lambda w: loop.call_soon_threadsafe(self._entropy_done, w, future))
+        future: asyncio.Future[DecodeResult] = loop.create_future()
+        self._waiting.push(group.cameras, _pixels(group.views), (group, future))
+        self._start_entropy(loop)
         return future
 
-    def _entropy_done(self, work: Future[EntropyDecoded], future: asyncio.Future[GroupResult]) -> None:
+    def _start_entropy(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give free CPU workers the next groups, in fair order."""
+        while self._running < self.workers and self._waiting:
+            group, future = self._waiting.pop()
+            if future.done():  # cancelled while waiting
+                continue
+            self._running += 1
+            work = self._entropy_pool.submit(self.decoder.entropy_decode, group)
+            work.add_done_callback(lambda w, f=future: loop.call_soon_threadsafe(self._entropy_done, w, f, loop))
+
+    def _entropy_done(self, work: Future[EntropyDecoded], future: asyncio.Future[DecodeResult],
+                      loop: asyncio.AbstractEventLoop) -> None:
+        self._running -= 1
+        self._start_entropy(loop)
         if future.done():
             return
         if work.cancelled():  # the pipeline is stopping
@@ -298,7 +363,8 @@ class DecodePipeline:
         if not entropy.parts:
             job.add(Synthesized((), ()), 0.0)  # every view failed: nothing for the device
             return
-        self._pending.extend((job, part) for part in entropy.parts)
+        for part in entropy.parts:
+            self._pending.push(tuple(v.camera_id for v in part.views), _pixels(part.views), (job, part))
         self._wakeup.set()
 
     def _device_fault(self, exc: DeviceFaultError) -> bool:
@@ -314,13 +380,8 @@ class DecodePipeline:
         return moved
 
     def _next_batch(self) -> list[tuple[_Job, ViewLatents]]:
-        """The oldest ready part and up to max_batch - 1 younger ones of its shape, in order."""
-        shape = self._pending[0][1].latents.shape
-        batch, rest = [], deque()
-        for item in self._pending:
-            (batch if len(batch) < self.max_batch and item[1].latents.shape == shape else rest).append(item)
-        self._pending = rest
-        return batch
+        """The next ready part in fair order and up to max_batch - 1 of the following ones of its shape."""
+        return self._pending.pop_batch(self.max_batch, lambda item: item[1].latents.shape)
 
     async def _device_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -335,7 +396,7 @@ class DecodePipeline:
                 done = await loop.run_in_executor(self._device_pool, self.decoder.synthesize, [p for _, p in batch])
             except DeviceFaultError as exc:
                 if self._device_fault(exc):
-                    self._pending.extendleft(reversed(batch))  # the same groups again, first, on the CPU
+                    self._pending.put_back(batch)  # the same groups again, first, on the CPU
                     continue
                 done = _all_failed(batch, exc)
             except Exception as exc:  # a bug, not a bad view: fail these groups' views, keep serving the others
@@ -354,13 +415,15 @@ def _all_failed(batch: list[tuple[_Job, ViewLatents]], exc: Exception) -> list[S
             for _, part in batch]
 
 
-def _result(group: ViewGroup, frames: list[DecodedFrame], failed: list[Failed], seconds: float) -> GroupResult:
+def _result(group: ViewSet, frames: list[DecodedFrame], failed: list[Failed], seconds: float) -> DecodeResult:
     frames = sorted(frames, key=lambda f: f.source.camera_id)
-    return GroupResult(group, tuple(frames), tuple(failed), seconds)
+    return DecodeResult(group, tuple(frames), tuple(FailedView(*f) for f in failed), seconds)
 
 
 def _as_rejection(view: ReceivedView, exc: Exception) -> PacketRejected:
     message = f"view {view.camera_id}#{view.sequence} could not be decoded: {exc}"
+    if isinstance(exc, ModelMismatchError):
+        return PacketModelMismatchError(view.sequence, message)
     if isinstance(exc, BitstreamError) and not isinstance(exc, DesyncError):
         return MalformedPacketError(view.sequence, message)
     return DecodeFailedError(view.sequence, message)

@@ -3,8 +3,13 @@
     MVICError (mvic.shared.errors)
     ├── ConfigError (shared)          server.yaml or a flag that cannot be used (key path in the message)
     └── ServerError
+        ├── AckJournalError           out/acks.json cannot be read; mvic-server will not start until it is fixed
         ├── NotReadyError             the model is still loading or the server is draining; retry later
-        ├── StreamError               the stream breaks the protocol (no Hello first, a second Hello)
+        │   └── StorageError              a camera's frames could not be stored; reconnect and resend them
+        ├── StreamError               the stream breaks the protocol (no Hello first, a second Hello, a message
+        │                             that is not a mvic.v1.NodeMessage)
+        ├── StreamTimeoutError        no Hello within admission.hello_timeout_s, or nothing within idle_timeout_s
+        ├── TooManyStreamsError       the peer address already has admission.max_streams_per_peer streams open
         ├── StreamReplacedError       the same camera opened a newer stream; this one ends
         ├── HandshakeError            a Hello the server refuses; the stream ends
         │   ├── BadHelloError             malformed Hello (camera id, metadata disagreeing with it)
@@ -13,10 +18,12 @@
         │   └── IncompatibleNodeError     other model id, weights hash or bitstream format version
         └── PacketRejected            one packet is dropped for good; the stream and other cameras go on
             ├── MalformedPacketError      bitstream does not parse or disagrees with its ViewPacket
+            │   └── CaptureTimeError          capture time outside the window around the server's clock
             ├── PacketTooLargeError       bitstream over max_packet_bytes
+            │   └── ViewTooLargeError         view declares more pixels than limits.max_view_pixels
             ├── PacketModelMismatchError  coded with another model or weights than the server holds
             ├── DecodeFailedError         entropy decoding desynchronised for this view
-            └── OutOfOrderError           sequence not above the last one seen and not in flight
+            └── OutOfOrderError           sequence below the last one admitted, neither stored nor in flight
 """
 
 from __future__ import annotations
@@ -29,12 +36,29 @@ class ServerError(MVICError):
     """Base class of the fusion server's own errors."""
 
 
+class AckJournalError(ServerError):
+    """The ack journal (``out/acks.json``) cannot be read; the message names the file and what to do."""
+
+
 class NotReadyError(ServerError):
     """The server cannot take streams right now."""
 
 
+class StorageError(NotReadyError):
+    """Reconstructions (or the ack journal) could not be written: disk full, too many open files. The camera's
+    stream ends so that its node reconnects and resends the frames, which are then decoded and written again."""
+
+
 class StreamError(ServerError):
     """A stream that does not follow the protocol."""
+
+
+class StreamTimeoutError(ServerError):
+    """A stream that sent no Hello, or no message at all, within its deadline (``admission`` in server.yaml)."""
+
+
+class TooManyStreamsError(ServerError):
+    """The stream's peer address already holds ``admission.max_streams_per_peer`` open streams."""
 
 
 class StreamReplacedError(ServerError):
@@ -77,10 +101,24 @@ class MalformedPacketError(PacketRejected):
     reason = "malformed"
 
 
+class CaptureTimeError(MalformedPacketError):
+    """The capture time is further ahead of the server's clock than ``admission.max_capture_ahead_s``, or older than
+    ``admission.max_capture_age_s``: the camera's clock is wrong (set it with NTP)."""
+
+    reason = "capture_time"
+
+
 class PacketTooLargeError(PacketRejected):
     """The bitstream is larger than the server's max_packet_bytes."""
 
     reason = "too_large"
+
+
+class ViewTooLargeError(PacketTooLargeError):
+    """The view declares an image larger than the server's limits.max_view_pixels: decoding it would cost more
+    than the server allows for one view (the same protocol code as an oversized packet, TOO_LARGE)."""
+
+    reason = "too_many_pixels"
 
 
 class PacketModelMismatchError(PacketRejected):
@@ -96,6 +134,7 @@ class DecodeFailedError(PacketRejected):
 
 
 class OutOfOrderError(PacketRejected):
-    """The sequence number is not above the last one seen and the packet is not a resend of one in flight."""
+    """The sequence number is below the last one admitted and the packet is not a resend of a frame that is stored,
+    in flight, or released for a retry."""
 
     reason = "out_of_order"

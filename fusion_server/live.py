@@ -1,9 +1,10 @@
 """Newest reconstruction and running stats per camera, for the live page: sink -> **live view** -> HTTP.
 
-Hop before: the sink stage has written a group (``core.FusionCore``) and publishes its frames here.
+Hop before: the sink stage has written a view set (``core.FusionCore``) and publishes its frames here; the core also
+reports connections, rejections, duplicates and acks of the cameras that hold a slot (``acks.AckBook``).
 Hop after: ``webpage.LivePage`` serves ``snapshot()`` as JSON and ``jpeg(camera)`` as images.
 
-Thread-safe (the sink stage runs on worker threads, the HTTP server on its own). Memory is bounded: one JPEG and a
+Thread-safe (the sink stage runs on worker threads, the live page in the event loop). Memory is bounded: one JPEG and a
 short window of timings per camera, for at most ``max_cameras`` cameras.
 """
 
@@ -13,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import cv2
 
@@ -40,6 +42,15 @@ class CameraStats:
     updated_unix_s: float
 
 
+class _Sample(NamedTuple):
+    """One written frame, for the recent-window means."""
+
+    t: float  # monotonic time it was published
+    bpp: float  # bits per pixel
+    latency_s: float  # received -> written, server clock
+    capture_latency_s: float  # captured (camera clock) -> written (server clock)
+
+
 class _Camera:
     def __init__(self, camera: str, group: str):
         self.camera, self.group = camera, group
@@ -49,7 +60,7 @@ class _Camera:
         self.size = (0, 0)
         self.jpeg: bytes | None = None
         self.updated = 0.0
-        self.recent: deque[tuple[float, float, float, float]] = deque(maxlen=512)  # (t, bits/pixels, lat, cap_lat)
+        self.recent: deque[_Sample] = deque(maxlen=512)
 
 
 class LiveView:
@@ -61,9 +72,9 @@ class LiveView:
         self.started_unix_s = time.time()
 
     def set_connected(self, camera: str, group: str, connected: bool) -> None:
+        """Shows the camera (the core calls it for cameras that hold a slot) or updates it."""
         with self._lock:
-            cam = self._get(camera, group)
-            if cam:
+            if cam := self._get(camera, group, create=True):
                 cam.connected = connected
 
     def record_frames(self, frames: tuple[DecodedFrame, ...], written_ns: int) -> None:
@@ -73,7 +84,7 @@ class LiveView:
         with self._lock:
             for frame in frames:
                 src = frame.source
-                cam = self._get(src.camera_id, src.group_id)
+                cam = self._get(src.camera_id, src.group_id, create=True)
                 if cam is None:
                     continue
                 h, w = frame.image.shape[:2]
@@ -81,8 +92,8 @@ class LiveView:
                 cam.size = (w, h)
                 cam.jpeg = previews[src.camera_id]
                 cam.updated = time.time()
-                cam.recent.append((now, 8.0 * src.bitstream_bytes / (h * w), (written_ns - src.received_ns) / 1e9,
-                                   (written_ns - src.capture_ns) / 1e9))
+                cam.recent.append(_Sample(now, 8.0 * src.bitstream_bytes / (h * w),
+                                          (written_ns - src.received_ns) / 1e9, (written_ns - src.capture_ns) / 1e9))
 
     def record_rejected(self, camera: str, group: str) -> None:
         with self._lock:
@@ -113,20 +124,22 @@ class LiveView:
                 "cameras": [asdict(s) for s in sorted(stats, key=lambda s: s.camera)]}
 
     def _stats(self, cam: _Camera, now: float) -> CameraStats:
-        recent = [r for r in cam.recent if now - r[0] <= WINDOW_S]
-        span = min(WINDOW_S, max(now - recent[0][0], 1e-3)) if len(recent) > 1 else 0.0
+        recent = [r for r in cam.recent if now - r.t <= WINDOW_S]
+        span = min(WINDOW_S, max(now - recent[0].t, 1e-3)) if len(recent) > 1 else 0.0
         recent = recent or list(cam.recent)[-1:]  # a camera gone quiet shows its last frame's bpp and latency
 
-        def mean(i: int) -> float:
-            return round(sum(r[i] for r in recent) / len(recent), 6) if recent else 0.0
+        def mean(values: list[float]) -> float:
+            return round(sum(values) / len(values), 6) if values else 0.0
 
         return CameraStats(cam.camera, cam.group, cam.connected, cam.decoded, cam.rejected, cam.duplicates,
-                           round((len(recent) - 1) / span, 3) if span else 0.0, mean(1), mean(2), mean(3),
+                           round((len(recent) - 1) / span, 3) if span else 0.0, mean([r.bpp for r in recent]),
+                           mean([r.latency_s for r in recent]), mean([r.capture_latency_s for r in recent]),
                            cam.acked, cam.size[0], cam.size[1], cam.updated)
 
-    def _get(self, camera: str, group: str) -> _Camera | None:
+    def _get(self, camera: str, group: str, create: bool = False) -> _Camera | None:
+        """The camera's entry; a new one only with ``create`` (a camera that holds a slot), at most max_cameras."""
         cam = self._cameras.get(camera)
-        if cam is None and len(self._cameras) < self._max:
+        if cam is None and create and len(self._cameras) < self._max:
             cam = self._cameras[camera] = _Camera(camera, group)
         return cam
 

@@ -1,27 +1,24 @@
-"""Typed records that travel through the server: receive -> group -> joint decode -> sink.
+"""Typed records that travel through the server: receive -> group -> joint decode -> sink -> ack.
 
 The servicer turns protobuf messages into ``IncomingPacket`` (and the Hello into the shared
-``mvic.shared.rpc.hello.Hello``); the core admits packets as ``ReceivedView``; the grouper emits ``ViewGroup``; the
-decode stage returns ``GroupResult``; the sink stage turns that into per-camera acks (``Outgoing`` events the servicer
-turns back into protobuf). None of them knows gRPC.
+``mvic.shared.rpc.hello.Hello``); the core admits packets as ``ReceivedView``; the grouper emits ``ViewSet`` (one
+timestamp's views of a camera group); the decode stage returns ``DecodeResult``; the sink stage writes its frames and
+the ack book (``acks.AckBook``) turns them into per-camera acks, which reach the servicer as ``Outgoing`` events.
+None of them knows gRPC.
+
+Words: a *camera group* (``group_id``) is the set of cameras that see one scene; a *view set* is one timestamp's
+views of one camera group (``mvic.shared.view_sets``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from mvic.shared.bitstream import ViewBitstream
 from mvic.fusion_server.errors import PacketRejected, ServerError
-
-
-@dataclass(frozen=True)
-class Welcome:
-    acked_sequence: int  # 0 = none
-    has_acked: bool
-    max_packet_bytes: int
-    server_version: str
+from mvic.shared.bitstream import ViewBitstream
 
 
 @dataclass(frozen=True)
@@ -40,20 +37,20 @@ class ReceivedView:
     """A packet that passed every check and now waits for the other views of its timestamp."""
 
     camera_id: str
-    group_id: str
+    group_id: str  # camera group
     sequence: int
     capture_ns: int
     received_ns: int
-    bitstream_bytes: int
-    view: ViewBitstream
+    bitstream_bytes: int  # size of the packed bitstream, bytes
+    bitstream: ViewBitstream  # the parsed packet: header and entropy-coded streams
 
 
 @dataclass(frozen=True)
-class ViewGroup:
-    """Views of one timestamp from one camera group, at most one per camera, sorted by camera id."""
+class ViewSet:
+    """One timestamp's views of one camera group, at most one per camera, sorted by camera id."""
 
-    group_id: str
-    anchor_ns: int  # capture time the group was opened with, camera clock
+    group_id: str  # the camera group
+    anchor_ns: int  # capture time the set was opened with, camera clock
     views: tuple[ReceivedView, ...]
     opened_s: float  # monotonic time of the first view
     emitted_s: float  # monotonic time the grouper let it go
@@ -72,13 +69,20 @@ class DecodedFrame:
     image: np.ndarray  # (height, width, 3) uint8 RGB
 
 
-@dataclass(frozen=True)
-class GroupResult:
-    """What the decode stage made of one group."""
+class FailedView(NamedTuple):
+    """A view the decode stage could not reconstruct, rejected for good."""
 
-    group: ViewGroup
+    view: ReceivedView
+    error: PacketRejected
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """What the decode stage made of one view set."""
+
+    view_set: ViewSet
     frames: tuple[DecodedFrame, ...]
-    failed: tuple[tuple[ReceivedView, PacketRejected], ...]
+    failed: tuple[FailedView, ...]
     decode_seconds: float
 
 

@@ -1,6 +1,7 @@
 """One camera's open stream as the core sees it: the outbox of events going back to the node.
 
-Hop before: the core (``core.FusionCore``) pushes acks (after the journal write), packet rejections and the close.
+Hop before: the core (``core.FusionCore``) pushes acks (after the ack book journalled them), packet rejections and
+the close.
 Hop after: the servicer (``servicer.FusionServicer``) awaits ``next_event`` and turns each into a ServerMessage.
 
 Bounded: acks are cumulative, so only the highest waiting one is kept; rejections wait in a deque of at most
@@ -24,6 +25,7 @@ class Session:
         self.camera = hello.camera_id
         self.group = hello.group_id
         self.input_done = False  # the node half-closed its side; the stream ends once its frames are acked
+        self.last_message_s = 0.0  # monotonic time of the node's last message, set by the core (idle deadline)
         self.rejections_dropped = 0
         self._ack: int | None = None
         self._rejections: deque[PacketRejected] = deque()
@@ -34,6 +36,11 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._close is not None
+
+    @property
+    def close_error(self) -> ServerError | None:
+        """Why the server ended the stream (None: it did not, or it ended it normally)."""
+        return self._close.error if self._close is not None else None
 
     def push_ack(self, acked: int) -> None:
         self._ack = acked if self._ack is None else max(self._ack, acked)
@@ -52,13 +59,24 @@ class Session:
             self._wake.set()
 
     async def next_event(self) -> Outgoing:
-        while True:
-            if self._rejections:
-                return RejectEvent(self._rejections.popleft())
-            if self._ack is not None:
-                acked, self._ack = self._ack, None
-                return AckEvent(acked)
-            if self._close is not None:
-                return self._close
+        while (event := self._take()) is None:
             self._wake.clear()
             await self._wake.wait()
+        return event
+
+    def take_events(self) -> list[Outgoing]:
+        """Every event waiting now, in the order ``next_event`` gives them (the close, once, last)."""
+        events = []
+        while (event := self._take()) is not None:
+            events.append(event)
+            if isinstance(event, CloseEvent):
+                break
+        return events
+
+    def _take(self) -> Outgoing | None:
+        if self._rejections:
+            return RejectEvent(self._rejections.popleft())
+        if self._ack is not None:
+            acked, self._ack = self._ack, None
+            return AckEvent(acked)
+        return self._close

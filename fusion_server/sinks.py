@@ -1,14 +1,17 @@
 """Where reconstructions go: joint decode -> **sink** -> ack.
 
-Hop before: the decode stage returns a ``GroupResult`` (one reconstructed image per decoded view).
-Hop after: once ``FrameSinks.write`` returns, the frames are durable and the core acknowledges them
-(``acks.AckTracker`` / ``acks.AckJournal``); the live page (``live.LiveView``) shows the newest ones.
+Hop before: the decode stage returns a ``DecodeResult`` (one reconstructed image per decoded view of a view set).
+Hop after: once ``FrameSinks.write`` returns, the frames are durable and the core records them in the ack book
+(``acks.AckBook``), which journals and sends the acks; the live page (``live.LiveView``) shows the newest ones. When
+``write`` raises OSError nothing of the view set is acknowledged: its frames are released and resent by the nodes.
 
-* PNG: ``out/<camera>/<sequence, 10 digits>.png`` (or ``<capture_ns>.png``), written atomically and fsynced, so a file is
-  whole or absent; a frame decoded again after a crash replaces its file with identical content.
+* PNG: ``out/<camera>/<sequence, 10 digits>.png`` (or ``<capture_ns>.png``), written atomically and fsynced, so a
+  file is whole or absent; a frame decoded again (after a crash or a failed write) replaces its file with identical
+  content.
 * Video: one ``out/<camera>.mp4`` per camera (OpenCV VideoWriter, mp4v), frames appended in decode order, which is
   capture order; a frame whose size differs from the first is resized. A video file is complete only after
-  ``close`` (the server's shutdown), so with video alone an ack means "handed to the encoder", not "on disk".
+  ``close`` (the server's shutdown), so with video alone an ack means "handed to the encoder", not "on disk"; a frame
+  written again after a failed write can appear twice in the video.
 """
 
 from __future__ import annotations

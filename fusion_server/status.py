@@ -16,6 +16,8 @@ from mvic.shared.rpc import mvic_pb2 as pb
 _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (e.NotReadyError, grpc.StatusCode.UNAVAILABLE),
     (e.StreamReplacedError, grpc.StatusCode.ABORTED),
+    (e.StreamTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (e.TooManyStreamsError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.StreamError, grpc.StatusCode.INVALID_ARGUMENT),
     (e.BadHelloError, grpc.StatusCode.INVALID_ARGUMENT),
     (e.UnknownCameraError, grpc.StatusCode.PERMISSION_DENIED),

@@ -1,27 +1,49 @@
-"""The live page: sink -> live view -> **HTTP** (stdlib ``http.server`` on its own thread).
+"""The live page: sink -> live view -> **HTTP** (a small asyncio HTTP/1.1 server on the app's event loop).
 
-Hop before: ``live.LiveView`` holds the newest reconstruction (JPEG) and running stats of every camera.
-Hop after: a browser. Endpoints:
+Hop before: ``live.LiveView`` holds the newest reconstruction (JPEG, encoded on the sink's thread) and running stats
+of every camera. Hop after: a browser. Endpoints (GET and HEAD; anything else is 405):
 
     GET /                      the page: a mosaic of the newest view per camera with its stats; refreshes itself
     GET /api/stats             JSON: {"ready", "uptime_s", "cameras": [{camera, fps, bpp, latency_s, ...}]}
     GET /cameras/<camera>.jpg  newest reconstruction of one camera (404 before its first frame)
     GET /healthz               200 "ok" once the model is loaded, else 503
+
+Resources are bounded whatever the clients do: no thread per connection (every connection is a coroutine on the
+loop that runs the gRPC server), at most ``max_connections`` sockets, and deadlines:
+
+* a request head (request line and headers) must arrive whole within ``timeout_s`` of the connection (or of the
+  previous response, on a kept-alive connection) and fit in ``MAX_HEAD_BYTES``; a client that sends nothing, or
+  dribbles its headers (slowloris), is closed at the deadline; an oversized head gets 431, a malformed one 400;
+* a response must be taken by the client within ``timeout_s``;
+* at the cap, a new connection takes the place of the one that has waited longest for its next request (an idle or
+  stalled client); when every connection is being answered, the new one is closed at once.
+
+Each connection the limits close is counted in ``mvic_server_http_connections_dropped_total{reason}``. Nothing is
+read from disk: a camera id is a dictionary key, so a path such as ``/cameras/../x.jpg`` finds nothing (404).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
+import time
 from collections.abc import Callable
+from email.utils import formatdate
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from mvic.fusion_server.live import LiveView
+from mvic.fusion_server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+
+# Request line and headers, bytes. Browsers send under 2 KiB, but they also send every cookie of the host (of any
+# port), which other web apps on the machine may have set; 16 KiB keeps those working, and the cap times
+# max_connections bounds the memory (512 KiB at 32 connections).
+MAX_HEAD_BYTES = 16 * 1024
+METHODS = ("GET", "HEAD")
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>MVIC fusion server</title>
@@ -77,63 +99,200 @@ refresh(); setInterval(refresh, 1000);
 """
 
 
-class LivePage:
-    """Serves the live page from a daemon thread; ``start`` / ``stop``."""
+class _Response(NamedTuple):
+    status: HTTPStatus
+    content_type: str
+    body: bytes
 
-    def __init__(self, live: LiveView, host: str, port: int, ready: Callable[[], bool]):
-        self._live, self._ready = live, ready
-        handler = _make_handler(live, ready)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="mvic-live-page", daemon=True)
+
+class _Request(NamedTuple):
+    method: str
+    target: str
+    version: str  # HTTP/1.0 or HTTP/1.1
+    headers: dict[str, str]  # lower-case names
+
+
+class _BadRequest(Exception):
+    """A request head this server cannot parse or will not take (answered 400, then closed)."""
+
+
+class _Connection:
+    """One open socket; ``waiting_since`` (monotonic s) is set while it waits for a request head."""
+
+    __slots__ = ("waiting_since", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self.waiting_since: float | None = time.monotonic()
+
+
+class LivePage:
+    """Serves the live page on the running event loop: ``await start()``, ``await stop()``."""
+
+    def __init__(self, live: LiveView, host: str, port: int, ready: Callable[[], bool], metrics: ServerMetrics, *,
+                 max_connections: int, timeout_s: float):
+        self._live, self._ready, self._metrics = live, ready, metrics
+        self._host, self._port = host, port
+        self._max, self._timeout_s = max_connections, timeout_s
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task, _Connection] = {}
+        self._closing = False
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self._port
 
-    def start(self) -> None:
-        self._thread.start()
-        log.info("live page on http://%s:%d/", *self._server.server_address[:2])
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=MAX_HEAD_BYTES)
+        self._port = self._server.sockets[0].getsockname()[1]
+        log.info("live page on http://%s:%d/ (at most %d connections, %.1f s deadlines)", self._host, self._port,
+                 self._max, self._timeout_s)
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    async def stop(self) -> None:
+        """Stop listening, close every connection (a response being written is cut)."""
+        if self._server is None:
+            return
+        self._closing = True
+        self._server.close()
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._server.wait_closed()
 
-
-def _make_handler(live: LiveView, ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "mvic-live"
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            path = urlsplit(self.path).path
-            if path in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode())
-            elif path == "/api/stats":
-                body = {"ready": ready(), **live.snapshot()}
-                self._send(HTTPStatus.OK, "application/json", json.dumps(body).encode())
-            elif path.startswith("/cameras/") and path.endswith(".jpg"):
-                jpeg = live.jpeg(unquote(path[len("/cameras/"):-len(".jpg")]))
-                if jpeg:
-                    self._send(HTTPStatus.OK, "image/jpeg", jpeg)
-                else:
-                    self._send(HTTPStatus.NOT_FOUND, "text/plain", b"no frame from this camera yet\n")
-            elif path == "/healthz":
-                ok = ready()
-                self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain",
-                           b"ok\n" if ok else b"loading\n")
+    # --------------------------------------------------------------------------------------------- connections
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection, from accept to close: requests answered in turn until a deadline, an error, a
+        ``Connection: close`` or the server's stop."""
+        if self._closing:
+            writer.transport.abort()
+            return
+        if not self._make_room():
+            self._metrics.http_dropped.labels("busy").inc()
+            writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        conn = self._connections[task] = _Connection(writer)
+        self._metrics.http_connections.set(len(self._connections))
+        # drain() then returns only once the kernel has taken the whole response, so close() never waits on a
+        # client that stopped reading: the response deadline covers every byte.
+        writer.transport.set_write_buffer_limits(high=0)
+        graceful = False
+        try:
+            graceful = await self._requests(reader, writer, conn)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away (or was evicted: counted there)
+        finally:
+            if self._connections.pop(task, None) is not None:
+                self._metrics.http_connections.set(len(self._connections))
+            if graceful:
+                writer.close()
             else:
-                self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+                writer.transport.abort()
 
-        def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection) -> bool:
+        """Answer requests until the connection should close; True when it closes in good order (every byte
+        of the last response taken by the client), False to cut it."""
+        while True:
+            conn.waiting_since = time.monotonic()
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            except TimeoutError:
+                self._metrics.http_dropped.labels("timeout").inc()
+                return False
+            except asyncio.LimitOverrunError:
+                self._metrics.http_dropped.labels("too_large").inc()
+                return await self._send(writer, "GET", _text(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                                             "request head too large\n"), keep_alive=False)
+            conn.waiting_since = None
+            try:
+                request = _parse_head(head)
+            except _BadRequest as exc:
+                self._metrics.http_dropped.labels("malformed").inc()
+                return await self._send(writer, "GET", _text(HTTPStatus.BAD_REQUEST, f"{exc}\n"), keep_alive=False)
+            if request.method not in METHODS:
+                # Its body, if any, is never read: the connection closes after the answer.
+                return await self._send(writer, "GET", _text(HTTPStatus.METHOD_NOT_ALLOWED, "GET or HEAD only\n"),
+                                        keep_alive=False, extra=(("Allow", ", ".join(METHODS)),))
+            keep_alive = request.version == "HTTP/1.1" and "close" not in request.headers.get("connection", "").lower()
+            try:
+                response = self._route(urlsplit(request.target).path)
+            except Exception:
+                log.exception("live page: %s %s failed", request.method, request.target[:200])
+                response, keep_alive = _text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n"), False
+            if not await self._send(writer, request.method, response, keep_alive):
+                return False
+            if not keep_alive:
+                return True
 
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's signature)
-            log.debug("live page: " + format, *args)
+    def _make_room(self) -> bool:
+        """At the cap, close the connection that has waited longest for a request; False when none waits."""
+        if len(self._connections) < self._max:
+            return True
+        waiting = [(c.waiting_since, task) for task, c in self._connections.items() if c.waiting_since is not None]
+        if not waiting:
+            return False
+        _, task = min(waiting, key=lambda item: item[0])
+        self._connections.pop(task).writer.transport.abort()  # its coroutine ends on the lost connection
+        self._metrics.http_dropped.labels("evicted").inc()
+        return True
 
-    return Handler
+    async def _send(self, writer: asyncio.StreamWriter, method: str, response: _Response, keep_alive: bool,
+                    extra: tuple[tuple[str, str], ...] = ()) -> bool:
+        """Write one response within the deadline; False (counted) when the client did not take it in time."""
+        status, content_type, body = response
+        lines = [f"HTTP/1.1 {status.value} {status.phrase}", f"Date: {formatdate(usegmt=True)}", "Server: mvic-live",
+                 f"Content-Type: {content_type}", f"Content-Length: {len(body)}", "Cache-Control: no-store",
+                 "X-Content-Type-Options: nosniff", f"Connection: {'keep-alive' if keep_alive else 'close'}",
+                 *(f"{name}: {value}" for name, value in extra)]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else body))
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await writer.drain()
+        except TimeoutError:
+            self._metrics.http_dropped.labels("timeout").inc()
+            return False
+        return True
+
+    # ------------------------------------------------------------------------------------------------- routes
+    def _route(self, path: str) -> _Response:
+        if path in ("/", "/index.html"):
+            return _Response(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode())
+        if path == "/api/stats":
+            body = {"ready": self._ready(), **self._live.snapshot()}
+            return _Response(HTTPStatus.OK, "application/json", json.dumps(body).encode())
+        if path.startswith("/cameras/") and path.endswith(".jpg"):
+            jpeg = self._live.jpeg(unquote(path[len("/cameras/"):-len(".jpg")]))
+            return _Response(HTTPStatus.OK, "image/jpeg", jpeg) if jpeg else \
+                _text(HTTPStatus.NOT_FOUND, "no frame from this camera yet\n")
+        if path == "/healthz":
+            return _text(HTTPStatus.OK, "ok\n") if self._ready() else \
+                _text(HTTPStatus.SERVICE_UNAVAILABLE, "loading\n")
+        return _text(HTTPStatus.NOT_FOUND, "not found\n")
+
+
+def _text(status: HTTPStatus, text: str) -> _Response:
+    return _Response(status, "text/plain; charset=utf-8", text.encode())
+
+
+def _parse_head(head: bytes) -> _Request:
+    """Request line and headers (RFC 9112); raises _BadRequest. A request with a body is refused: GET and HEAD
+    have none, and an unread body would be taken for the next request."""
+    lines = head.decode("latin-1").split("\r\n")
+    while lines and not lines[0]:
+        lines.pop(0)  # empty lines before the request line are allowed
+    parts = lines[0].split(" ") if lines else []
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1") or not parts[1].startswith("/"):
+        raise _BadRequest("bad request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise _BadRequest("bad header line")
+        headers[name.lower()] = value.strip()
+    if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+        raise _BadRequest("a request body is not accepted")
+    return _Request(parts[0], parts[1], parts[2], headers)

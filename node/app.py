@@ -23,11 +23,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from mvic.node.capture import Capture, resume_index, schedule_key
+from mvic.node.capture import Capture, capture_schedule, resume_index
 from mvic.node.config import NodeConfig
 from mvic.node.encoder import EncoderWorker, compatibility_check, configure_torch, load_encoder
 from mvic.node.handoff import FrameHandoff
@@ -37,18 +36,11 @@ from mvic.node.sources import Source, open_source
 from mvic.node.spool import Spool
 from mvic.shared.bitstream import FORMAT_VERSION
 from mvic.shared.codec.model import LDMIC
-from mvic.shared.rpc.hello import Hello
+from mvic.shared.rpc.hello import Hello, mvic_version
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 30.0
-
-
-def node_version() -> str:
-    try:
-        return version("mvic")
-    except PackageNotFoundError:  # running from a source tree that was not installed
-        return "0+unknown"
 
 
 class NodeApp:
@@ -79,7 +71,7 @@ class NodeApp:
         configure_torch(cfg.encode.threads)
         if self.source is None:
             self.source = open_source(cfg.source, cfg.camera)
-        schedule = schedule_key(cfg.source, self.source.live)
+        schedule = capture_schedule(cfg.source, self.source.live)
         spool = Spool(cfg.spool.dir, cfg.camera, cfg.spool.max_bytes, cfg.spool.when_full, self.metrics,
                       keep=compatibility_check(self.model), schedule=schedule)
         spool.open()  # may fail (locked by another node): then stop() must not touch it
@@ -93,7 +85,7 @@ class NodeApp:
             self._metrics_server, _ = start_http_server(cfg.metrics.port, cfg.metrics.host, self.metrics.registry)
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, cfg.metrics.port)
         hello = Hello(cfg.camera, cfg.group, self.model.spec.model_id, self.model.weights_hash, FORMAT_VERSION,
-                      node_version(), self.session_ns)
+                      mvic_version(), self.session_ns)
         self.link = Link(cfg.server, hello, self.spool, cfg.link, self.metrics, self.stop_event)
         self._spawn("link", self.link.run)
         handoff = FrameHandoff(cfg.encode.policy, cfg.encode.queue_frames, self.metrics)

@@ -8,15 +8,16 @@ possible, stamped at read). A live source (webcam, stream) is stamped with the w
 delivers faster than ``fps`` are dropped (reason "rate_limit"). Images whose long side exceeds ``max_side`` are
 downscaled here, before the encoder.
 
-Resume. A finite source on an explicit schedule (``start_at_ns`` given, fps > 0) is identified by
-``schedule_key``; the spool keeps it with the capture time of the last packet it stored. A node restarted on the
-same schedule starts at ``first_index`` = the frame after that one (``resume_index``): the source is ``seek``-ed
-there, timestamps go on from it, and ``frames`` still ends the schedule at frame N, not N frames later.
+Resume. A finite source on an explicit schedule (``start_at_ns`` given, fps > 0) is identified by its
+``CaptureSchedule`` (``capture_schedule``); the spool keeps it with the capture time of the last packet it stored.
+A node restarted on the same schedule starts at ``first_index`` = the frame after that one (``resume_index``): the
+source is ``seek``-ed there, timestamps go on from it, and ``frames`` still ends the schedule at frame N, not N
+frames later.
 
 Watchdog. Every source call runs on a reader thread and is waited for at most ``read_timeout_s``
 (``open_timeout_s`` for opening). A call that takes longer is a hung source: it is counted
-(``mvic_node_source_failures_total{reason="hung"}``), logged, its thread abandoned (it closes the source if the call
-ever returns), and the source is reopened on a fresh thread after a backoff that doubles up to
+(``mvic_node_source_failures_total{reason="hung"}``, ``SourceHungError``), logged, its thread abandoned (it closes
+the source if the call ever returns), and the source is reopened on a fresh thread after a backoff that doubles up to
 ``reopen_backoff_max_s``. Errors, failed opens and the end of a live source are handled the same way. The stall
 never goes unnoticed: each failure logs a WARNING with the count so far, and the backoff resets after a good read.
 """
@@ -28,9 +29,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from mvic.node.config import SourceConfig
+from mvic.node.errors import SourceHungError
 from mvic.node.handoff import Frame, FrameHandoff
 from mvic.node.metrics import NodeMetrics
 from mvic.node.sources import Source, fit_within
@@ -38,12 +41,8 @@ from mvic.node.sources import Source, fit_within
 log = logging.getLogger(__name__)
 
 
-class SourceHung(RuntimeError):
-    """A source call did not return within its timeout."""
-
-
 class CaptureStopped(Exception):
-    """The node stopped while a source call was still running."""
+    """Control flow, not an error: the node stopped while a source call was still running."""
 
 
 class _Reader:
@@ -75,7 +74,8 @@ class _Reader:
             if stop.is_set():
                 raise CaptureStopped()
             if time.monotonic() >= deadline:
-                raise SourceHung(f"call took longer than {timeout:g} s")
+                raise SourceHungError(f"call took longer than {timeout:g} s; check the camera or stream (it is "
+                                      "reopened), or raise source.read_timeout_s / open_timeout_s")
         ok, value = box[0]
         if not ok:
             raise value
@@ -90,13 +90,36 @@ class _Reader:
         self._jobs.put(None)
 
 
-def schedule_key(config: SourceConfig, live: bool) -> dict | None:
-    """What a restarted node must share with the previous run to resume its capture schedule; None when the source
-    has no schedule to resume (live, fps 0, or start_at chosen at node start)."""
+@dataclass(frozen=True)
+class CaptureSchedule:
+    """What a restarted node must share with the previous run to resume its capture schedule. The spool keeps it
+    in its state.json (``to_json`` / ``from_json``)."""
+
+    uri: str  # source.uri
+    start_at_ns: int  # schedule origin, ns since the Unix epoch
+    fps: float  # frames per second of the schedule
+    file_timeline: str  # native or sequential (video files)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> CaptureSchedule | None:
+        """The schedule a state file names, or None when it names none (or one this version cannot read)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(str(data["uri"]), int(data["start_at_ns"]), float(data["fps"]), str(data["file_timeline"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def capture_schedule(config: SourceConfig, live: bool) -> CaptureSchedule | None:
+    """The schedule of this run, or None when the source has none to resume (live, fps 0, or start_at chosen at
+    node start)."""
     if live or not config.fps or not config.start_at_ns:
         return None
-    return {"uri": config.uri, "start_at_ns": config.start_at_ns, "fps": config.fps,
-            "file_timeline": config.file_timeline}
+    return CaptureSchedule(config.uri, config.start_at_ns, config.fps, config.file_timeline)
 
 
 def resume_index(last_capture_ns: int, start_at_ns: int, fps: float) -> int:
@@ -231,7 +254,7 @@ class Capture:
     def _read(self):
         try:
             return self._call(self.source.read, self.config.read_timeout_s)
-        except SourceHung as exc:
+        except SourceHungError as exc:
             self._failed("hung", exc)
         except CaptureStopped:
             raise
@@ -262,9 +285,9 @@ class Capture:
         self._opened = False
         try:
             self._call(self.source.close, self.config.read_timeout_s)
-        except (SourceHung, CaptureStopped) as exc:
+        except (SourceHungError, CaptureStopped) as exc:
             # the close stays queued on the reader thread and runs once the stuck call returns
-            if isinstance(exc, SourceHung):
+            if isinstance(exc, SourceHungError):
                 log.warning("%s did not close within %g s; abandoning it", self.source.name,
                             self.config.read_timeout_s)
             self._reader.abandon(lambda: None)

@@ -2,12 +2,14 @@
 
     mvic-node --camera C1 --server fusion:50051                       # synthetic scene, this camera's view
     mvic-node --camera C3 --server fusion:50051 --source rtsp://cam3/stream --fps 10 --rate 3
-    mvic-node --config node.yaml --validate-config                    # check, print the resolved config, exit
+    mvic-node --config node.yaml --set link.max_in_flight=16 --set spool.when_full=block
+    mvic-node --config node.yaml --validate-config                    # check, print the effective config, exit
 
-Settings come from ``--config node.yaml`` (see ``mvic.node.config``) with the flags below on top. Exit status:
-0 stopped cleanly (SIGTERM/SIGINT, or the source ended and everything was acknowledged); 1 packets left
-unacknowledged after the source ended, or a stage crashed; 2 bad configuration or start-up failure (weights, spool,
-source). Signal handlers are installed here and nowhere else: SIGTERM/SIGINT stop the node gracefully.
+Settings come from ``--config node.yaml`` (see ``mvic.node.config``), then ``--set KEY=VALUE``, then the named flags
+below: the command-line dialect of ``mvic.shared.config``, the same as ``mvic-server``'s. Exit status (also in
+``--help``): 0 stopped cleanly (SIGTERM/SIGINT, or the source ended and everything was acknowledged); 1 packets left
+unacknowledged after the source ended, or a stage crashed; 2 did not start (configuration, weights, spool, source).
+Signal handlers are installed here and nowhere else: SIGTERM/SIGINT stop the node gracefully.
 """
 
 from __future__ import annotations
@@ -16,13 +18,21 @@ import argparse
 import logging
 import re
 import signal
-import sys
 from pathlib import Path
 
-import yaml
+from mvic.node.config import FILE_TIMELINES, POLICIES, WHEN_FULL, ConfigError, NodeConfig, load_config
+from mvic.shared.config import (
+    EXIT_CONFIG,
+    LOG_LEVELS,
+    add_config_arguments,
+    config_error,
+    exit_status_epilog,
+    overrides,
+    print_validated,
+)
+from mvic.shared.model_table import DEFAULT_MODEL
 
-from mvic.node.config import FILE_TIMELINES, POLICIES, WHEN_FULL, ConfigError, NodeConfig, load_config, to_dict
-
+PROG = "mvic-node"
 log = logging.getLogger("mvic.node")
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -37,11 +47,13 @@ def parse_bytes(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mvic-node", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="node.yaml; the flags below override it")
-    p.add_argument("--validate-config", action="store_true",
-                   help="check the configuration (and that the source and weights exist), print it, exit")
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=exit_status_epilog(
+                                    failed="packets were left unacknowledged after the source ended, or a stage "
+                                           "crashed",
+                                    unusable="weights, spool folder or source that cannot be used"))
+    add_config_arguments(p, "node.yaml")
     p.add_argument("--camera", help="camera id, e.g. C1 (C1..C7 also pick the synthetic scene's view)")
     p.add_argument("--server", help="fusion server host:port (default localhost:50051)")
     p.add_argument("--group", help="camera group at the server (default: the server's default group)")
@@ -63,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "same value on every camera of a group")
     enc = p.add_argument_group("encode")
     enc.add_argument("--rate", type=int, help="rate index, 0 (smallest) .. 4 (best quality); default 2")
-    enc.add_argument("--model", help="architecture (default: the one the weights file names; ldmic-fast-lite)")
+    enc.add_argument("--model", help=f"architecture (default: the one the weights file names; {DEFAULT_MODEL})")
     enc.add_argument("--weights", metavar="FILE",
                      help="weights .safetensors (default: the installed weights of --model); an empty value "
                           "(--weights=) selects the installed weights even where --config names a file")
@@ -78,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'drop-oldest' unacked packet (default, ERROR logged) or 'block' capture")
     ops = p.add_argument_group("operations")
     ops.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default 0 = off)")
-    ops.add_argument("--log-level", type=str.upper, help="DEBUG, INFO (default), WARNING or ERROR")
+    ops.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
     return p
 
 
@@ -93,31 +105,28 @@ _FLAG_KEYS = {
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
-    overrides = {key: getattr(args, name) for name, key in _FLAG_KEYS.items() if getattr(args, name) is not None}
-    return load_config(args.config, overrides)
+    """The effective configuration: --config, then --set, then the named flags."""
+    return load_config(args.config, overrides(args, _FLAG_KEYS))
 
 
 def preflight(config: NodeConfig) -> None:
     """Checks that need no model load: the source resolves, the weights file exists or trained weights are
     installed. Raises ConfigError naming the key."""
     from mvic.node.sources import SourceError, open_source
+    from mvic.shared.codec.registry import weights_source
+    from mvic.shared.errors import MVICError
 
     try:
         open_source(config.source, config.camera)
     except SourceError as exc:
         raise ConfigError(f"source.uri: {exc}") from None
-    if config.encode.weights:
-        if not Path(config.encode.weights).is_file():
-            raise ConfigError(f"encode.weights: {config.encode.weights} is not a file")
-    else:
-        from mvic.shared.codec.registry import default_weights
-        from mvic.shared.errors import MVICError
-        from mvic.shared.model_table import DEFAULT_MODEL
-
-        try:
-            default_weights(config.encode.model or DEFAULT_MODEL)
-        except MVICError as exc:
-            raise ConfigError(f"encode.weights: {exc}") from None
+    try:
+        source = weights_source(config.encode.weights, config.encode.model or DEFAULT_MODEL)
+    except MVICError as exc:
+        raise ConfigError(f"encode.weights: {exc}") from None
+    if isinstance(source, Path) and not source.is_file():
+        raise ConfigError(f"encode.weights: {source} is not a file; give an existing .safetensors file, or "
+                          "--weights= for the installed weights")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,18 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.validate_config:
             preflight(config)
     except ConfigError as exc:
-        print(f"mvic-node: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return config_error(PROG, exc)
     if args.validate_config:
-        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
-        print(f"mvic-node: configuration OK for camera {config.camera}", file=sys.stderr)
-        return 0
+        return print_validated(PROG, config, f"for camera {config.camera}")
     logging.basicConfig(level=config.log_level, force=True,
-                        format=f"%(asctime)s %(levelname)s mvic-node[{config.camera}] %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {PROG}[{config.camera}] %(name)s: %(message)s")
 
     from mvic.node.app import NodeApp  # torch is imported only when the node really runs
-    from mvic.node.sources import SourceError
-    from mvic.node.spool import SpoolError
     from mvic.shared.errors import MVICError
 
     app = NodeApp(config)
@@ -151,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return app.run()
-    except (MVICError, SpoolError, SourceError, OSError) as exc:
+    except (MVICError, OSError) as exc:  # SpoolError, SourceError, weights: the node never started
         log.error("cannot start: %s", exc)
-        return 2
+        return EXIT_CONFIG
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

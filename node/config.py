@@ -57,21 +57,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvic.shared.config import build, read_yaml, set_dotted
+from mvic.shared.config import LOG_LEVELS, build, read_yaml, require, set_dotted
 from mvic.shared.config import to_dict as to_dict  # re-exported for the CLI
-from mvic.shared.errors import ConfigError
+from mvic.shared.errors import ConfigError as ConfigError  # re-exported: config errors are the shared kind
+from mvic.shared.errors import IdError
+from mvic.shared.ids import validate_camera_id, validate_group_id
 from mvic.shared.model_table import PAPER_LAMBDAS
 
 POLICIES = ("latest", "every")
 WHEN_FULL = ("drop-oldest", "block")
 FILE_TIMELINES = ("native", "sequential")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_HOST_PORT = re.compile(r"^(unix:\S+|\S+:\d{1,5})$")  # host:port, [v6]:port, dns:///host:port, unix:/path
-
-
-def _require(cond: bool, key: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {message}")
+_DIAL_TARGET = re.compile(r"^(unix:\S+|\S+:\d{1,5})$")  # host:port, [v6]:port, dns:///host:port, unix:/path
 
 
 @dataclass(frozen=True)
@@ -84,9 +80,9 @@ class SyntheticConfig:
     width: int = 480
 
     def __post_init__(self):
-        _require(1 <= self.cameras <= 64, "source.synthetic.cameras", f"must be 1..64, got {self.cameras}")
-        _require(self.height >= 8 and self.width >= 8, "source.synthetic.height",
-                 f"view {self.height}x{self.width} is too small; use at least 8x8")
+        require(1 <= self.cameras <= 64, "source.synthetic.cameras", f"must be 1..64, got {self.cameras}")
+        require(self.height >= 8 and self.width >= 8, "source.synthetic.height",
+                f"view {self.height}x{self.width} is too small; use at least 8x8")
 
 
 @dataclass(frozen=True)
@@ -105,18 +101,18 @@ class SourceConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
-        _require(0 <= self.fps <= 1000, "source.fps", f"must be 0..1000 frames/s, got {self.fps}")
-        _require(self.frames >= 0, "source.frames", f"must be >= 0 (0 = unlimited), got {self.frames}")
-        _require(self.start_at_ns >= 0, "source.start_at_ns", f"must be >= 0 ns, got {self.start_at_ns}")
-        _require(self.file_timeline in FILE_TIMELINES, "source.file_timeline",
-                 f"must be one of {', '.join(FILE_TIMELINES)}, got {self.file_timeline!r}")
-        _require(self.max_side == 0 or 8 <= self.max_side <= 65535, "source.max_side",
-                 f"must be 0 (off) or 8..65535 pixels, got {self.max_side}")
-        _require(self.read_timeout_s > 0, "source.read_timeout_s", f"must be > 0 s, got {self.read_timeout_s}")
-        _require(self.open_timeout_s > 0, "source.open_timeout_s", f"must be > 0 s, got {self.open_timeout_s}")
-        _require(self.reopen_backoff_s > 0, "source.reopen_backoff_s", f"must be > 0 s, got {self.reopen_backoff_s}")
-        _require(self.reopen_backoff_max_s >= self.reopen_backoff_s, "source.reopen_backoff_max_s",
-                 f"must be >= source.reopen_backoff_s ({self.reopen_backoff_s}), got {self.reopen_backoff_max_s}")
+        require(0 <= self.fps <= 1000, "source.fps", f"must be 0..1000 frames/s, got {self.fps}")
+        require(self.frames >= 0, "source.frames", f"must be >= 0 (0 = unlimited), got {self.frames}")
+        require(self.start_at_ns >= 0, "source.start_at_ns", f"must be >= 0 ns, got {self.start_at_ns}")
+        require(self.file_timeline in FILE_TIMELINES, "source.file_timeline",
+                f"must be one of {', '.join(FILE_TIMELINES)}, got {self.file_timeline!r}")
+        require(self.max_side == 0 or 8 <= self.max_side <= 65535, "source.max_side",
+                f"must be 0 (off) or 8..65535 pixels, got {self.max_side}")
+        require(self.read_timeout_s > 0, "source.read_timeout_s", f"must be > 0 s, got {self.read_timeout_s}")
+        require(self.open_timeout_s > 0, "source.open_timeout_s", f"must be > 0 s, got {self.open_timeout_s}")
+        require(self.reopen_backoff_s > 0, "source.reopen_backoff_s", f"must be > 0 s, got {self.reopen_backoff_s}")
+        require(self.reopen_backoff_max_s >= self.reopen_backoff_s, "source.reopen_backoff_max_s",
+                f"must be >= source.reopen_backoff_s ({self.reopen_backoff_s}), got {self.reopen_backoff_max_s}")
 
 
 @dataclass(frozen=True)
@@ -130,10 +126,10 @@ class EncodeConfig:
 
     def __post_init__(self):
         top = len(PAPER_LAMBDAS) - 1
-        _require(0 <= self.rate <= top, "encode.rate", f"must be a rate index 0..{top}, got {self.rate}")
-        _require(1 <= self.threads <= 256, "encode.threads", f"must be 1..256, got {self.threads}")
-        _require(self.policy in POLICIES, "encode.policy", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        _require(1 <= self.queue_frames <= 1024, "encode.queue_frames", f"must be 1..1024, got {self.queue_frames}")
+        require(0 <= self.rate <= top, "encode.rate", f"must be a rate index 0..{top}, got {self.rate}")
+        require(1 <= self.threads <= 256, "encode.threads", f"must be 1..256, got {self.threads}")
+        require(self.policy in POLICIES, "encode.policy", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        require(1 <= self.queue_frames <= 1024, "encode.queue_frames", f"must be 1..1024, got {self.queue_frames}")
 
 
 @dataclass(frozen=True)
@@ -143,10 +139,10 @@ class SpoolConfig:
     when_full: str = "drop-oldest"
 
     def __post_init__(self):
-        _require(bool(self.dir), "spool.dir", "must name a folder")
-        _require(self.max_bytes >= 1 << 16, "spool.max_bytes", f"must be >= 65536 bytes, got {self.max_bytes}")
-        _require(self.when_full in WHEN_FULL, "spool.when_full",
-                 f"must be one of {', '.join(WHEN_FULL)}, got {self.when_full!r}")
+        require(bool(self.dir), "spool.dir", "must name a folder")
+        require(self.max_bytes >= 1 << 16, "spool.max_bytes", f"must be >= 65536 bytes, got {self.max_bytes}")
+        require(self.when_full in WHEN_FULL, "spool.when_full",
+                f"must be one of {', '.join(WHEN_FULL)}, got {self.when_full!r}")
 
 
 @dataclass(frozen=True)
@@ -160,15 +156,16 @@ class LinkConfig:
     finish_timeout_s: float = 120.0
 
     def __post_init__(self):
-        _require(self.backoff_initial_s > 0, "link.backoff_initial_s", f"must be > 0 s, got {self.backoff_initial_s}")
-        _require(self.backoff_max_s >= self.backoff_initial_s, "link.backoff_max_s",
-                 f"must be >= link.backoff_initial_s ({self.backoff_initial_s}), got {self.backoff_max_s}")
-        _require(self.refused_backoff_s > 0, "link.refused_backoff_s", f"must be > 0 s, got {self.refused_backoff_s}")
-        _require(1 <= self.max_in_flight <= 100_000, "link.max_in_flight", f"must be 1..100000, got {self.max_in_flight}")
-        _require(self.handshake_timeout_s > 0, "link.handshake_timeout_s",
-                 f"must be > 0 s, got {self.handshake_timeout_s}")
-        _require(self.finish_timeout_s >= 0, "link.finish_timeout_s", f"must be >= 0 s, got {self.finish_timeout_s}")
-        _require(self.drain_timeout_s >= 0, "link.drain_timeout_s", f"must be >= 0 s, got {self.drain_timeout_s}")
+        require(self.backoff_initial_s > 0, "link.backoff_initial_s", f"must be > 0 s, got {self.backoff_initial_s}")
+        require(self.backoff_max_s >= self.backoff_initial_s, "link.backoff_max_s",
+                f"must be >= link.backoff_initial_s ({self.backoff_initial_s}), got {self.backoff_max_s}")
+        require(self.refused_backoff_s > 0, "link.refused_backoff_s", f"must be > 0 s, got {self.refused_backoff_s}")
+        require(1 <= self.max_in_flight <= 100_000, "link.max_in_flight",
+                f"must be 1..100000, got {self.max_in_flight}")
+        require(self.handshake_timeout_s > 0, "link.handshake_timeout_s",
+                f"must be > 0 s, got {self.handshake_timeout_s}")
+        require(self.finish_timeout_s >= 0, "link.finish_timeout_s", f"must be >= 0 s, got {self.finish_timeout_s}")
+        require(self.drain_timeout_s >= 0, "link.drain_timeout_s", f"must be >= 0 s, got {self.drain_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -177,7 +174,7 @@ class MetricsConfig:
     host: str = "0.0.0.0"
 
     def __post_init__(self):
-        _require(0 <= self.port <= 65535, "metrics.port", f"must be 0..65535 (0 = off), got {self.port}")
+        require(0 <= self.port <= 65535, "metrics.port", f"must be 0..65535 (0 = off), got {self.port}")
 
 
 @dataclass(frozen=True)
@@ -193,15 +190,17 @@ class NodeConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self):
-        cam = self.camera.encode("utf-8")
-        _require(1 <= len(cam) <= 64 and self.camera.isprintable() and "/" not in self.camera
-                 and self.camera not in (".", ".."), "camera",
-                 f"must be a printable id of 1..64 bytes without '/', got {self.camera!r} (set --camera or camera:)")
-        _require(len(self.group.encode("utf-8")) <= 64 and self.group.isprintable(), "group",
-                 f"must be printable and at most 64 bytes, got {self.group!r}")
-        _require(bool(_HOST_PORT.match(self.server)), "server", f"must be host:port, got {self.server!r}")
-        _require(self.log_level in LOG_LEVELS, "log_level",
-                 f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        try:
+            validate_camera_id(self.camera)
+        except IdError as exc:
+            raise ConfigError(f"camera: {exc}; set --camera or camera: in node.yaml") from None
+        try:
+            validate_group_id(self.group)
+        except IdError as exc:
+            raise ConfigError(f"group: {exc}; fix --group or group: in node.yaml") from None
+        require(bool(_DIAL_TARGET.match(self.server)), "server", f"must be host:port, got {self.server!r}")
+        require(self.log_level in LOG_LEVELS, "log_level",
+                f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> NodeConfig:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 import torch
 
@@ -23,9 +22,10 @@ from mvic.node.handoff import Frame, FrameHandoff
 from mvic.node.metrics import NodeMetrics
 from mvic.node.spool import Spool
 from mvic.shared.bitstream import ViewHeader, pack
+from mvic.shared.codec.compat import CodecIdentity, incompatibility
 from mvic.shared.codec.model import LDMIC
-from mvic.shared.codec.registry import default_weights, load_model
-from mvic.shared.errors import MVICError
+from mvic.shared.codec.registry import load_model, weights_source
+from mvic.shared.errors import ConfigError, MVICError
 from mvic.shared.model_table import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -42,21 +42,21 @@ def configure_torch(threads: int) -> None:
 
 def load_encoder(config: EncodeConfig) -> LDMIC:
     """The model to code with: ``config.weights`` (checked against ``config.model`` when one is named), or the
-    installed weights of ``config.model`` (default ldmic-fast-lite; NoTrainedWeightsError says what to do)."""
-    if config.weights:
-        return load_model(Path(config.weights), model=config.model or None)
-    return load_model(default_weights(config.model or DEFAULT_MODEL))
+    installed weights of ``config.model`` (default ldmic-fast-lite; NoTrainedWeightsError says what to do). An
+    unknown model name is a ConfigError."""
+    return load_model(weights_source(config.weights, config.model or DEFAULT_MODEL), model=config.model or None)
 
 
 def compatibility_check(model: LDMIC):
-    """A predicate for ``Spool(keep=...)``: why a spooled packet coded by another model must be dropped, or None."""
-    weights_hash = model.weights_hash
+    """A predicate for ``Spool(keep=...)``: why a spooled packet coded by another model must be dropped, or None.
+
+    The rule is the codec's (``mvic.shared.codec.compat``): the server decodes what this node's model decodes.
+    """
+    identity = model.identity
 
     def why_not(header: ViewHeader) -> str | None:
-        if header.model_id != model.spec.model_id or header.weights_hash != weights_hash:
-            return (f"coded with model {header.model_id:#06x} weights {header.weights_hash.hex()}, the node now uses "
-                    f"{model.spec.model_id:#06x} weights {weights_hash.hex()}; the server could not decode it")
-        return None
+        return incompatibility(CodecIdentity.of(header), identity, coded_by=f"spooled packet #{header.sequence}",
+                               decoded_by="this node")
 
     return why_not
 
@@ -67,7 +67,8 @@ class EncoderWorker:
     def __init__(self, model: LDMIC, handoff: FrameHandoff, spool: Spool, camera: str, rate_index: int,
                  metrics: NodeMetrics, stop: threading.Event):
         if not 0 <= rate_index < model.spec.num_rates:
-            raise ValueError(f"rate index {rate_index} is outside 0..{model.spec.num_rates - 1} of {model.spec.name}")
+            raise ConfigError(f"encode.rate: {rate_index} is outside the rate indexes 0..{model.spec.num_rates - 1} of "
+                              f"{model.spec.name}; pick one of them")
         self.model = model
         self.handoff = handoff
         self.spool = spool
@@ -75,7 +76,6 @@ class EncoderWorker:
         self.rate_index = rate_index
         self.metrics = metrics
         self.stop = stop
-        self.encoded = 0
 
     def run(self) -> None:
         while True:
@@ -102,7 +102,6 @@ class EncoderWorker:
         self.metrics.encode_seconds.observe(elapsed)
         if not self.spool.put(sequence, frame.capture_ns, data, self.stop):
             return False
-        self.encoded += 1
         self.metrics.frames_encoded.inc()
         log.debug("frame %d -> sequence %d, %d bytes in %.3f s", frame.index, sequence, len(data), elapsed)
         return True

@@ -12,8 +12,23 @@ One stream at a time, for the node's whole life:
     server -> Ack(acked_sequence)                          cumulative: the spool deletes everything up to it
     server -> PacketError(sequence, code, message)         that packet is deleted, counted and logged
 
-The Hello is ``mvic.shared.rpc.hello.Hello``, the record the server reads back; camera and group also travel as
-gRPC metadata (``Hello.metadata()``: ``mvic.shared.rpc.CAMERA_METADATA_KEY`` / ``GROUP_METADATA_KEY``).
+The Hello and the Welcome are the shared records ``mvic.shared.rpc.hello.Hello`` / ``Welcome``; camera and group
+also travel as gRPC metadata (``Hello.metadata()``: ``mvic.shared.rpc.CAMERA_METADATA_KEY`` / ``GROUP_METADATA_KEY``).
+``_receive`` is the one place where server messages are turned from protobuf into those records and numbers.
+
+Concurrency (grpc's asyncio route_guide): ``run`` runs an asyncio loop on the orchestrator's link thread, with one
+``grpc.aio`` channel. Each stream attempt is two tasks, one per direction: ``_send`` writes the Hello, then spooled
+packets in sequence order (at most ``max_in_flight`` unacked); ``_receive`` reads Welcome, Acks and PacketErrors.
+``_supervise`` watches the handshake deadline, the stop and the drain. Nothing polls: the spool (written by the
+encoder thread), ``stop`` and ``drain`` wake the loop through ``_poke`` (``call_soon_threadsafe``).
+
+Implausible replies (issue 13). The spool deletes only what may have reached a server (``Spool.ack`` raises
+``ImplausibleAckError`` above ``Spool.sent_sequence``), and the link turns that into a refusal: a Welcome that
+claims more than this node ever sent closes the stream like a refusal (ERROR with what to fix, retried every
+``refused_backoff_s``, spool and numbering untouched); an Ack above the highest sent sequence resets the stream;
+a PacketError for a sequence never sent is ignored. Each is counted in
+``mvic_node_implausible_replies_total{kind}`` and logged at most every ``IMPLAUSIBLE_LOG_EVERY_S``.
+
 When the stream breaks (server restart, network cut, keepalive timeout, no Welcome within handshake_timeout_s) the
 link reconnects after an exponential backoff with jitter (``backoff_initial_s`` doubling up to ``backoff_max_s``,
 each wait drawn in [d/2, d]; reset after a Welcome). A refusal (FAILED_PRECONDITION: model, weights or format differ;
@@ -27,25 +42,35 @@ acks, half-closes the stream and returns. Unacked packets stay in the spool for 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
 import time
+from contextlib import suppress
 
 import grpc
 
 from mvic.node.config import LinkConfig
+from mvic.node.errors import ImplausibleAckError
 from mvic.node.metrics import NodeMetrics
-from mvic.node.spool import SpooledPacket, Spool
+from mvic.node.spool import Spool, SpooledPacket
+from mvic.shared.ids import display
 from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, channel_options, max_message_bytes
 from mvic.shared.rpc import mvic_pb2 as pb
-from mvic.shared.rpc.hello import Hello
+from mvic.shared.rpc.hello import Hello, Welcome
 from mvic.shared.rpc.mvic_pb2_grpc import FusionStub
 
 log = logging.getLogger(__name__)
 
 #: Largest bitstream this node will ever send, bytes (the server's Welcome may lower it).
 NODE_MAX_PACKET_BYTES = 64 << 20
+#: Implausible server replies are logged at most this often (each one is counted).
+IMPLAUSIBLE_LOG_EVERY_S = 10.0
+#: Characters of server-supplied text (error details, versions) shown in a log line.
+SERVER_TEXT_CHARS = 160
+#: Longest wait between two looks at the deadlines when nothing wakes the loop (a safety net, not a poll).
+IDLE_RECHECK_S = 1.0
 #: Statuses that mean "the server will not take this camera as it is": retried slowly, logged at ERROR.
 REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
             grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED)
@@ -60,20 +85,21 @@ _REFUSAL_ADVICE = {
 
 
 class _Stream:
-    """State of one stream attempt, shared by the request generator, the response reader and the supervisor."""
+    """State of one stream attempt, shared by its sender, receiver and supervisor (all on the link's loop)."""
 
     def __init__(self):
-        self.welcomed = threading.Event()
-        self.closing = threading.Event()  # the request generator should finish (half-close)
-        self.ended = threading.Event()  # the response side is over
+        self.welcomed = asyncio.Event()
+        self.closing = False  # the sender should half-close and finish
+        self.ended = asyncio.Event()  # the response side is over
         self.cursor = 0  # highest sequence handed to gRPC in this stream
         self.max_packet_bytes = DEFAULT_MAX_PACKET_BYTES
         self.code: grpc.StatusCode | None = None
         self.details = ""
+        self.refusal = ""  # set when this node refused the server's Welcome: why, and what to do
 
 
 class Link:
-    """Spool -> server over one bidirectional stream, reconnecting until stopped."""
+    """Spool -> server over one bidirectional stream, reconnecting until stopped. ``run`` blocks (a thread)."""
 
     def __init__(self, target: str, hello: Hello, spool: Spool, config: LinkConfig, metrics: NodeMetrics,
                  stop: threading.Event):
@@ -88,6 +114,10 @@ class Link:
         self._drain_deadline: float | None = None
         self._max_sent = 0
         self._metadata = hello.metadata()
+        self._implausible_logged_at = float("-inf")
+        self._implausible_unlogged = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None  # replaced at every poke: a waiter holding the old one is woken
 
     def channel_options(self) -> list[tuple[str, int]]:
         backoff_ms = int(self.config.backoff_max_s * 1000)
@@ -102,12 +132,44 @@ class Link:
         return list(options.items())
 
     def drain(self, timeout: float) -> None:
-        """Finish: send what is spooled, wait up to ``timeout`` s for the acks, then close (stop must be set)."""
+        """Finish: send what is spooled, wait up to ``timeout`` s for the acks, then close (stop must be set).
+        Called from the orchestrator's thread."""
         self._drain_deadline = time.monotonic() + timeout
+        self._poke()
+
+    # ------------------------------------------------------------------------------------------ wake-ups
+    def _poke(self) -> None:
+        """Wake every waiter of the loop; safe from any thread, and after the loop has ended."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._wake_all)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def _wake_all(self) -> None:
+        woken, self._wake = self._wake, asyncio.Event()
+        woken.set()
+
+    @staticmethod
+    async def _wait_event(wake: asyncio.Event, timeout: float | None) -> None:
+        """Wait until ``wake`` is set (a poke), at most ``timeout`` s (and IDLE_RECHECK_S). Callers take
+        ``self._wake`` *before* checking their condition, so a poke between the check and the wait is not lost."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(IDLE_RECHECK_S if timeout is None else min(IDLE_RECHECK_S, timeout)):
+                await wake.wait()
 
     # ----------------------------------------------------------------------------------- reconnect loop
     def run(self) -> None:
-        channel = grpc.insecure_channel(self.target, options=self.channel_options())
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self.spool.add_listener(self._poke)
+        threading.Thread(target=lambda: (self.stop.wait(), self._poke()), name="mvic-link-stop", daemon=True).start()
+        channel = grpc.aio.insecure_channel(self.target, options=self.channel_options())
         stub = FusionStub(channel)
         attempt = 0
         streams = 0
@@ -116,13 +178,18 @@ class Link:
                 if streams:
                     self.metrics.reconnects.inc()
                 streams += 1
-                st = self._run_stream(stub)
+                st = await self._run_stream(stub)
                 if self.stop.is_set():
                     break
-                if st.code in REFUSALS and not st.welcomed.is_set():
+                if st.refusal:
+                    delay = self.config.refused_backoff_s * random.uniform(0.8, 1.2)
+                    log.error("refusing server %s's Welcome: %s. Retrying in %.0f s", self.target, st.refusal, delay)
+                    self.metrics.set_connection("refused")
+                elif st.code in REFUSALS and not st.welcomed.is_set():
                     delay = self.config.refused_backoff_s * random.uniform(0.8, 1.2)
                     log.error("server %s refused camera %s: %s: %s. To fix: %s. Retrying in %.0f s", self.target,
-                              self.hello.camera_id, st.code.name, st.details, _REFUSAL_ADVICE[st.code], delay)
+                              self.hello.camera_id, st.code.name, display(st.details, SERVER_TEXT_CHARS),
+                              _REFUSAL_ADVICE[st.code], delay)
                     self.metrics.set_connection("refused")  # after the log: a watcher of the state finds the reason
                 else:
                     attempt = 0 if st.welcomed.is_set() else attempt
@@ -131,122 +198,188 @@ class Link:
                     attempt += 1
                     self.metrics.set_connection("disconnected")
                     what = "stream ended" if st.welcomed.is_set() else "cannot connect"
-                    details = (st.details or "-").split("; last error:")[0][:160]  # gRPC's text can be long
+                    details = (st.details or "-").split("; last error:")[0][:SERVER_TEXT_CHARS]  # gRPC's is long
                     log.warning("%s to %s (%s: %s); %d packet(s) spooled; retrying in %.3g s", what, self.target,
                                 st.code.name if st.code else "?", details, self.spool.pending, delay)
-                self.stop.wait(delay)
+                await self._sleep(delay)
         finally:
+            self.spool.remove_listener(self._poke)
             self.connected.clear()
             self.metrics.set_connection("disconnected")
-            channel.close()
+            await channel.close()
+            self._loop = None
 
-    def _run_stream(self, stub: FusionStub) -> _Stream:
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when stop is set."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            await self._wait_event(self._wake, remaining)
+
+    async def _run_stream(self, stub: FusionStub) -> _Stream:
         st = _Stream()
         self.metrics.set_connection("connecting")
-        call = stub.Stream(self._requests(st), metadata=self._metadata)
-        reader = threading.Thread(target=self._read, args=(call, st), name="mvic-link-reader", daemon=True)
-        reader.start()
+        call = stub.Stream(metadata=self._metadata)
+        sender = asyncio.create_task(self._send(call, st), name="mvic-link-send")
+        receiver = asyncio.create_task(self._receive(call, st), name="mvic-link-receive")
+        try:
+            await self._supervise(call, st)
+        finally:
+            for task in (sender, receiver):
+                task.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
+            self.connected.clear()
+        return st
+
+    async def _supervise(self, call, st: _Stream) -> None:
+        """Until the stream ends: drop it when no Welcome comes in time; once stopped, half-close it when the
+        spool is empty or the drain time is over (at once when not welcomed)."""
         handshake_deadline = time.monotonic() + self.config.handshake_timeout_s
-        while not st.ended.wait(0.05):
+        while not st.ended.is_set():
+            wake = self._wake
             now = time.monotonic()
             if not st.welcomed.is_set() and now > handshake_deadline:
                 log.warning("no Welcome from %s within %g s; dropping the stream", self.target,
                             self.config.handshake_timeout_s)
                 call.cancel()
-                break
-            if not self.stop.is_set():
-                continue
-            if not st.welcomed.is_set() or (self._drain_deadline is not None and (
-                    self.spool.pending == 0 or now > self._drain_deadline)):
+                return
+            if self.stop.is_set() and (not st.welcomed.is_set() or (self._drain_deadline is not None and (
+                    self.spool.pending == 0 or now > self._drain_deadline))):
                 if self.spool.pending:
                     log.info("closing the stream with %d unacked packet(s) spooled; they are sent on the next "
                              "start", self.spool.pending)
-                st.closing.set()  # the request generator returns: the stream is half-closed
-                if not st.ended.wait(1.0):
+                st.closing = True  # the sender half-closes the stream
+                self._wake_all()
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await st.ended.wait()
+                if not st.ended.is_set():
                     call.cancel()
-                break
-        reader.join(timeout=5.0)
-        self.connected.clear()
-        return st
+                return
+            deadlines = [handshake_deadline] if not st.welcomed.is_set() else []
+            if self.stop.is_set() and self._drain_deadline is not None:
+                deadlines.append(self._drain_deadline)
+            # woken by the receiver (Welcome, acks, the end), the spool, stop and drain; or at the next deadline
+            await self._wait_event(wake, max(0.0, min(deadlines) - now) + 0.001 if deadlines else None)
 
     # ------------------------------------------------------------------------------ node -> server
-    def _requests(self, st: _Stream):
-        """Request generator, run by a gRPC thread: Hello, then spooled packets in order as they come."""
-        yield pb.NodeMessage(hello=self.hello.to_proto())
+    async def _send(self, call, st: _Stream) -> None:
+        """One direction: the Hello, then spooled packets in order as they come, until closing."""
         try:
-            while not st.welcomed.wait(0.1):
-                if st.closing.is_set() or st.ended.is_set():
+            await call.write(pb.NodeMessage(hello=self.hello.to_proto()))
+            await st.welcomed.wait()
+            while True:
+                wake = self._wake
+                if st.closing:
+                    await call.done_writing()
                     return
-            while not (st.closing.is_set() or st.ended.is_set()):
-                if self.spool.count_through(st.cursor) >= self.config.max_in_flight:
-                    st.ended.wait(0.02)  # window full: wait for acks
-                    continue
-                packet = self.spool.wait_after(st.cursor, timeout=0.1)
+                packet = None
+                if self.spool.count_through(st.cursor) < self.config.max_in_flight:  # else: wait for acks
+                    packet = self.spool.next_after(st.cursor)
                 if packet is None:
+                    await self._wait_event(wake, None)
                     continue
                 st.cursor = packet.sequence
-                message = self._packet_message(packet, st)
+                message = await self._packet_message(packet, st)
                 if message is not None:
-                    yield message
+                    await call.write(message)
+        except asyncio.CancelledError:
+            raise
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            log.debug("the link's sender stops: the stream ended")  # the receiver reports how
         except Exception:
             log.exception("the link's sender failed; the stream is closed and reopened")
+            call.cancel()
 
-    def _packet_message(self, packet: SpooledPacket, st: _Stream) -> pb.NodeMessage | None:
+    async def _packet_message(self, packet: SpooledPacket, st: _Stream) -> pb.NodeMessage | None:
         if packet.size > st.max_packet_bytes:
             if self.spool.discard(packet.sequence, "too_large"):
                 log.error("packet %d is %d bytes, over the server's limit of %d bytes; dropped. Lower --rate or the "
                           "resolution, or raise the server's max packet size", packet.sequence, packet.size,
                           st.max_packet_bytes)
             return None
-        data = self.spool.read(packet.sequence)
+        data = await asyncio.to_thread(self.spool.read, packet.sequence)
         if data is None:  # acked, rejected or dropped since we looked
             return None
         if packet.sequence <= self._max_sent:
             self.metrics.packets_resent.inc()
         self._max_sent = max(self._max_sent, packet.sequence)
+        self.spool.mark_sent(packet.sequence)  # before gRPC has it: an ack of it is plausible from now on
         self.metrics.packets_sent.inc()
         return pb.NodeMessage(packet=pb.ViewPacket(sequence=packet.sequence, capture_ns=packet.capture_ns,
                                                    sent_ns=time.time_ns(), bitstream=data))
 
     # ------------------------------------------------------------------------------ server -> node
-    def _read(self, call, st: _Stream) -> None:
+    async def _receive(self, call, st: _Stream) -> None:
+        """The other direction: each server message, from protobuf to the shared records, to its handler."""
         try:
-            for message in call:
+            while (message := await call.read()) is not grpc.aio.EOF:
                 kind = message.WhichOneof("kind")
                 if kind == "welcome":
-                    self._on_welcome(message.welcome, st)
+                    if not self._on_welcome(Welcome.from_proto(message.welcome), st):
+                        call.cancel()
+                        return
                 elif kind == "ack":
-                    self._acked(self.spool.ack(message.ack.acked_sequence))
+                    if not self._on_ack(message.ack.acked_sequence):
+                        st.code, st.details = grpc.StatusCode.CANCELLED, "implausible acknowledgement from the server"
+                        call.cancel()
+                        return
                 elif kind == "error":
-                    self._on_error(message.error)
+                    error = message.error
+                    self._on_error(error.sequence, _error_code_name(error.code), error.message)
                 else:
                     log.warning("ignoring a server message of unknown kind %r (newer server?)", kind)
-            st.code, st.details = grpc.StatusCode.OK, "the server closed the stream"
-        except grpc.RpcError as exc:
+            code = await call.code()
+            st.code, st.details = code, await call.details() or "the server closed the stream"
+        except grpc.aio.AioRpcError as exc:
             st.code, st.details = exc.code(), exc.details() or ""
+        except asyncio.CancelledError:
+            if st.code is None:
+                st.code, st.details = grpc.StatusCode.CANCELLED, "the stream was closed by this node"
+            raise
         except Exception as exc:
             log.exception("handling a server message failed; reconnecting")
             st.code, st.details = grpc.StatusCode.INTERNAL, f"node error: {exc}"
             call.cancel()
         finally:
             st.ended.set()
+            self._wake_all()
 
-    def _on_welcome(self, welcome: pb.Welcome, st: _Stream) -> None:
+    def _on_welcome(self, welcome: Welcome, st: _Stream) -> bool:
+        """Take the server's Welcome; False (stream to be closed) when it claims what this node never sent."""
         known = self.spool.acked_sequence
-        acked = welcome.acked_sequence if welcome.has_acked else 0
-        if acked < known:
+        stored = welcome.stored_through
+        try:
+            removed = self.spool.ack(stored)
+        except ImplausibleAckError as exc:
+            self.metrics.implausible("welcome")
+            st.refusal = str(exc)
+            return False
+        if stored < known:
             log.warning("server %s reports camera %s stored up to %d, below the %d it acknowledged before (server "
                         "state lost?); packets up to %d were deleted here and cannot be resent", self.target,
-                        self.hello.camera_id, acked, known, known)
-        self._acked(self.spool.server_acked(acked))
-        st.max_packet_bytes = min(welcome.max_packet_bytes or DEFAULT_MAX_PACKET_BYTES, NODE_MAX_PACKET_BYTES)
-        st.cursor = acked
+                        self.hello.camera_id, stored, known, known)
+        self._acked(removed)
+        st.max_packet_bytes = welcome.packet_limit(NODE_MAX_PACKET_BYTES)
+        st.cursor = stored
         resend = self.spool.pending
         self.metrics.set_connection("connected")
         self.connected.set()
         log.info("connected to %s (server %s) as %s: server has stored up to sequence %d; sending %d spooled "
-                 "packet(s)", self.target, welcome.server_version or "?", self.hello.camera_id, acked, resend)
+                 "packet(s)", self.target, display(welcome.server_version or "?", SERVER_TEXT_CHARS),
+                 self.hello.camera_id, stored, resend)
         st.welcomed.set()
+        self._wake_all()
+        return True
+
+    def _on_ack(self, acked_sequence: int) -> bool:
+        """A cumulative Ack; False (stream to be reset) when it is above the highest sequence sent."""
+        try:
+            self._acked(self.spool.ack(acked_sequence))
+        except ImplausibleAckError as exc:
+            self.metrics.implausible("ack")
+            self._log_implausible(f"{exc}; resetting the stream")
+            return False
+        return True
 
     def _acked(self, removed: list[SpooledPacket]) -> None:
         if not removed:
@@ -256,13 +389,34 @@ class Link:
         for packet in removed:
             self.metrics.ack_latency_seconds.observe(max(0, now - packet.capture_ns) / 1e9)
 
-    def _on_error(self, error: pb.PacketError) -> None:
-        try:
-            code = pb.ErrorCode.Name(error.code).removeprefix("ERROR_CODE_").lower()
-        except ValueError:
-            code = "unknown"
+    def _on_error(self, sequence: int, code: str, message: str) -> None:
+        """A PacketError: the server will never take packet ``sequence``; it is deleted and counted."""
+        if sequence > self.spool.sent_sequence:
+            self.metrics.implausible("packet_error")
+            self._log_implausible(f"the server rejected packet {sequence} ({code}), which this node has not sent "
+                                  f"(highest sent: {self.spool.sent_sequence}); ignored, nothing was deleted")
+            return
         self.metrics.rejected(code)
-        dropped = self.spool.discard(error.sequence, "rejected")
-        level = logging.WARNING if error.code == pb.ERROR_CODE_OUT_OF_ORDER else logging.ERROR
-        log.log(level, "server rejected packet %d (%s): %s%s", error.sequence, code, error.message,
+        dropped = self.spool.discard(sequence, "rejected")
+        level = logging.WARNING if code == "out_of_order" else logging.ERROR
+        log.log(level, "server rejected packet %d (%s): %s%s", sequence, code, display(message, SERVER_TEXT_CHARS),
                 "" if dropped else " (already gone from the spool)")
+
+    def _log_implausible(self, text: str) -> None:
+        """ERROR, at most every IMPLAUSIBLE_LOG_EVERY_S; the ones left out are counted into the next line."""
+        now = time.monotonic()
+        if now - self._implausible_logged_at < IMPLAUSIBLE_LOG_EVERY_S:
+            self._implausible_unlogged += 1
+            return
+        more = f" ({self._implausible_unlogged} more since the last such line)" if self._implausible_unlogged else ""
+        log.error("implausible reply from server %s: %s%s", self.target, text, more)
+        self._implausible_logged_at = now
+        self._implausible_unlogged = 0
+
+
+def _error_code_name(code: int) -> str:
+    """PacketError.code as a metric label: ERROR_CODE_TOO_LARGE -> "too_large"; "unknown" for a newer code."""
+    try:
+        return pb.ErrorCode.Name(code).removeprefix("ERROR_CODE_").lower()
+    except ValueError:
+        return "unknown"

@@ -23,6 +23,8 @@ DROP_REASONS = (
     "stale_model",  # spool: spooled with another model or other weights than the node now uses
 )
 SOURCE_FAILURES = ("hung", "error", "eof", "open_failed")
+#: Server replies the node refuses because they name sequences it never sent (mvic.node.errors.ImplausibleAckError).
+IMPLAUSIBLE_REPLIES = ("welcome", "ack", "packet_error")
 CONNECTION_STATES = ("disconnected", "connecting", "connected", "refused")
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -72,12 +74,18 @@ class NodeMetrics:
                                     cam, registry=r).labels(camera)
         self._connection = Gauge("mvic_node_connection_state", "1 for the link's current state, 0 for the others",
                                  ("camera", "state"), registry=r)
+        self._implausible = Counter("mvic_node_implausible_replies_total", "Server replies refused because they "
+                                    "name sequences this node never sent (a Welcome or Ack above the highest sent, "
+                                    "a PacketError for an unsent one); nothing was deleted", ("camera", "kind"),
+                                    registry=r)
         self.reconnects = Counter("mvic_node_reconnects_total", "Stream attempts after the first", cam,
                                   registry=r).labels(camera)
         for reason in DROP_REASONS:
             self._dropped.labels(camera, reason)
         for reason in SOURCE_FAILURES:
             self._source_failures.labels(camera, reason)
+        for kind in IMPLAUSIBLE_REPLIES:
+            self._implausible.labels(camera, kind)
         self.set_connection("disconnected")
 
     def dropped(self, reason: str, count: int = 1) -> None:
@@ -92,6 +100,11 @@ class NodeMetrics:
         if reason not in SOURCE_FAILURES:
             raise ValueError(f"unknown source failure {reason!r}; add it to SOURCE_FAILURES")
         self._source_failures.labels(self.camera, reason).inc()
+
+    def implausible(self, kind: str) -> None:
+        if kind not in IMPLAUSIBLE_REPLIES:
+            raise ValueError(f"unknown reply kind {kind!r}; add it to IMPLAUSIBLE_REPLIES")
+        self._implausible.labels(self.camera, kind).inc()
 
     def set_connection(self, state: str) -> None:
         if state not in CONNECTION_STATES:

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from mvic.node.config import SourceConfig
+from mvic.node.errors import SourceError as SourceError  # re-exported: raised by every source
 from mvic.shared.scene import Scene, SceneConfig
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ log = logging.getLogger(__name__)
 SEEK_AFTER_FRAMES = 100  # a skip longer than this seeks instead of decoding the frames in between
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SYNTHETIC_CAMERA = re.compile(r"^C(\d+)$")
-
-
-class SourceError(RuntimeError):
-    """A source that cannot be opened or read; capture logs it and reopens with backoff."""
 
 
 class Source(Protocol):
@@ -64,7 +61,8 @@ class Source(Protocol):
 def to_rgb(image: np.ndarray) -> np.ndarray:
     """OpenCV's BGR / grey / BGRA image -> RGB uint8 (H, W, 3)."""
     if image.dtype != np.uint8:
-        raise SourceError(f"source gave {image.dtype} pixels; MVIC codes 8-bit images")
+        raise SourceError(f"source gave {image.dtype} pixels; MVIC codes 8-bit images: convert the source to 8 bits "
+                          "per channel")
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:
@@ -90,7 +88,8 @@ class SyntheticSource:
 
     def __init__(self, config: SceneConfig, camera_index: int):
         if not 0 <= camera_index < config.cameras:
-            raise SourceError(f"camera index {camera_index} is outside the synthetic scene's {config.cameras} cameras")
+            raise SourceError(f"camera index {camera_index} is outside the synthetic scene's {config.cameras} cameras; "
+                              "raise source.synthetic.cameras or pick a lower C<n>")
         self.config = config
         self.camera_index = camera_index
         self.name = f"synthetic(seed={config.seed}, camera {camera_index + 1}/{config.cameras})"
@@ -130,10 +129,11 @@ class ImageFolderSource:
 
     def open(self) -> None:
         if not self.folder.is_dir():
-            raise SourceError(f"image folder {self.folder} does not exist")
+            raise SourceError(f"image folder {self.folder} does not exist; check --source (source.uri)")
         self._files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self._files:
-            raise SourceError(f"image folder {self.folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise SourceError(f"image folder {self.folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some "
+                              "or check --source")
 
     def read(self) -> np.ndarray | None:
         while self._position < len(self._files):
@@ -276,4 +276,5 @@ def open_source(config: SourceConfig, camera: str) -> Source:
     if path.is_file():
         return VideoSource(uri, live=False, open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s,
                            sample_fps=config.fps if config.file_timeline == "native" else 0.0)
-    raise SourceError(f"source {uri!r} is neither a file, a folder, a webcam index nor a URL")
+    raise SourceError(f"source {uri!r} is neither a file, a folder, a webcam index nor a URL; check --source "
+                      "(source.uri)")

@@ -1,27 +1,35 @@
-"""The on-disk spool: every coded packet waits here, durably, until the server acknowledges it. Third hop.
+"""The on-disk spool: every coded packet waits here, durably, until the server acknowledges it. Fourth hop.
 
 Hop before: ``mvic.node.encoder.EncoderWorker`` reserves a sequence number and ``put``s the packed view.
-Hop after: ``mvic.node.link.Link`` reads packets in sequence order, sends them, and calls ``ack``/``reject``.
+Hop after: ``mvic.node.link.Link`` reads packets in sequence order, sends them (``mark_sent``), and calls ``ack`` /
+``discard``.
 
-Layout, one folder per camera (``<dir>/<camera>/``)::
+Layout, one folder per camera (``<dir>/<safe_name(camera)>/``, ``mvic.shared.fileio.safe_name``)::
 
     00000000000000000042-1732284000123456789.mvic   sequence (20 digits) - capture_ns; the packed bitstream
     state.json                                      {"last_sequence": N, "acked_sequence": M, "schedule": ...}
     .lock                                           flock'ed by the running node; a second node for the camera fails
 
-Durability: a packet is written to ``name.part``, fsync'ed, renamed, and the folder fsync'ed before ``put`` returns,
-so a packet the link may send is on disk. ``state.json`` is written the same way.
+Durability: a packet is written with ``mvic.shared.fileio.write_atomic(durable=True)`` (``name.part``, fsync,
+rename, fsync of the folder) before ``put`` returns, so a packet the link may send is on disk. ``state.json``
+(``SpoolState``) is written the same way; a state.json of another camera stops the node (``SpoolError``) instead of
+letting it delete that camera's packets.
 
 Resume semantics (node restart): the next sequence is one above the highest of ``state.last_sequence``, every
 spooled packet's sequence and the acked sequence, so numbering never goes back, even after every packet was acked
 and deleted (``state.json`` is written before a deletion could remove the highest sequence). On open, leftover
 ``.part`` files are removed, each packet is checked (it must unpack, name this camera and its file's sequence, and
 match the node's model and weights), and a packet that fails is deleted with an ERROR (reason "corrupt" or
-"stale_model"). When the server's Welcome reports a higher acked sequence than the node knows (the spool was
-wiped), the numbering jumps above it.
+"stale_model").
 
-Capture position: ``state.json`` also names the capture schedule of the run (``schedule``, from
-``mvic.node.capture.schedule_key``), the last sequence before it began and the highest ``capture_ns`` spooled under
+Acknowledgements delete only what may have reached a server: ``ack(n)`` deletes every packet up to ``n`` when ``n``
+is at most ``sent_sequence`` (the highest sequence the link has handed to gRPC, and every sequence a previous run
+numbered, since it may have sent them); above that it raises ``ImplausibleAckError`` and changes nothing. So a
+server that claims more than it can have (a Welcome "stored up to 2**64-1", another node with the same camera id)
+can neither renumber this node nor delete packets it never received.
+
+Capture position: ``state.json`` also names the capture schedule of the run (``schedule``, a
+``mvic.node.capture.CaptureSchedule``), the last sequence before it began and the highest ``capture_ns`` spooled under
 it. Opened with the same schedule, ``resumed_capture_ns`` is the newest of that and the schedule's packets still on
 disk, and capture goes on after it; a packet is never deleted before ``state.json`` covers its capture time.
 
@@ -45,22 +53,24 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from mvic.node.capture import CaptureSchedule
+from mvic.node.errors import ImplausibleAckError
+from mvic.node.errors import SpoolError as SpoolError  # re-exported: raised by open()
 from mvic.node.metrics import NodeMetrics
 from mvic.shared.bitstream import ViewHeader, unpack
 from mvic.shared.errors import BitstreamError
+from mvic.shared.fileio import safe_name, write_atomic
+from mvic.shared.ids import display
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d{20})-(\d{1,20})\.mvic$")
 STATE_FILE = "state.json"
 STATE_VERSION = 2
-
-
-class SpoolError(RuntimeError):
-    """The spool folder cannot be used (locked by another node, not writable)."""
 
 
 @dataclass(frozen=True)
@@ -76,33 +86,45 @@ class SpooledPacket:
         return f"{self.sequence:020d}-{self.capture_ns}.mvic"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class SpoolState:
+    """``state.json``: what a restart needs besides the packets themselves."""
 
+    last_sequence: int = 0  # highest sequence handed out
+    acked_sequence: int = 0  # highest sequence the server acknowledged
+    schedule: CaptureSchedule | None = None  # the capture schedule of the run that wrote it
+    schedule_since_sequence: int = 0  # packets above this sequence belong to that schedule
+    last_capture_ns: int = 0  # highest capture_ns spooled under that schedule
 
-def write_durable(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all, and make it survive a power cut: temp file, fsync, rename, fsync dir."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    def to_json(self, camera: str) -> bytes:
+        body: dict[str, Any] = {"version": STATE_VERSION, "camera": camera, **asdict(self)}
+        body["schedule"] = self.schedule.to_json() if self.schedule else None
+        return json.dumps(body, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, text: str) -> tuple[SpoolState, str | None]:
+        """The state and the camera it names; ValueError when it is not a state file."""
+        body = json.loads(text)
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
+        try:
+            state = cls(int(body.get("last_sequence", 0)), int(body.get("acked_sequence", 0)),
+                        CaptureSchedule.from_json(body.get("schedule")), int(body.get("schedule_since_sequence", 0)),
+                        int(body.get("last_capture_ns", 0)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"a field is not a number ({exc})") from None
+        camera = body.get("camera")
+        return state, camera if isinstance(camera, str) else None
 
 
 class Spool:
     """Durable, byte-bounded, sequence-ordered store of unacked packets for one camera. Thread-safe."""
 
     def __init__(self, root: str | Path, camera: str, max_bytes: int, when_full: str, metrics: NodeMetrics,
-                 keep: Callable[[ViewHeader], str | None] | None = None, schedule: dict | None = None):
+                 keep: Callable[[ViewHeader], str | None] | None = None, schedule: CaptureSchedule | None = None):
         if when_full not in ("drop-oldest", "block"):
             raise ValueError(f"when_full must be 'drop-oldest' or 'block', got {when_full!r}")
-        self.folder = Path(root) / camera
+        self.folder = Path(root) / safe_name(camera)
         self.camera = camera
         self.max_bytes = max_bytes
         self.when_full = when_full
@@ -115,12 +137,14 @@ class Spool:
         self._reserved = 0  # highest sequence handed out
         self._persisted_last = 0  # last_sequence in state.json
         self._acked = 0
+        self._sent = 0  # highest sequence that may have reached a server (mark_sent; every number of earlier runs)
         self._schedule = schedule  # the capture schedule of this run (None: nothing to resume)
         self._schedule_since = 0  # packets above this sequence belong to it
         self._last_capture = 0  # highest capture_ns spooled under it
         self._persisted_capture = 0
         self.resumed_capture_ns: int | None = None  # set by open(): where the previous run left the schedule
         self._lock_fd: int | None = None
+        self._listeners: list[Callable[[], None]] = []  # told after every change (the link's wake-up)
         self._full_drops = 0
         self._full_logged_at = 0.0
 
@@ -139,7 +163,12 @@ class Spool:
             raise SpoolError(f"spool {self.folder} is locked by another running mvic-node for camera {self.camera}; "
                              "stop it or give this node another --spool") from None
         self._lock_fd = fd
-        self._recover()
+        try:
+            self._recover()
+        except SpoolError:
+            os.close(fd)
+            self._lock_fd = None
+            raise
 
     def close(self) -> None:
         with self._cond:
@@ -150,34 +179,36 @@ class Spool:
 
     def _recover(self) -> None:
         state = self._read_state()
-        last = int(state.get("last_sequence", 0))
-        self._acked = int(state.get("acked_sequence", 0))
-        found: list[tuple[int, int, Path]] = []
+        self._acked = state.acked_sequence
+        found: list[SpooledPacket] = []  # size 0 until checked
         for path in self.folder.iterdir():
             if path.name.endswith(".part"):
                 path.unlink(missing_ok=True)  # a write that never completed: its packet was never sent
                 continue
             m = _NAME.match(path.name)
             if m:
-                found.append((int(m.group(1)), int(m.group(2)), path))
-        found.sort()
-        self._reserved = max([last, self._acked] + [seq for seq, _, _ in found])
-        same = self._schedule is not None and state.get("schedule") == self._schedule
-        self._schedule_since = int(state.get("schedule_since_sequence", 0)) if same else self._reserved
-        self._last_capture = int(state.get("last_capture_ns", 0)) if same else 0
-        self._last_capture = max([self._last_capture] + [c for seq, c, _ in found if seq > self._schedule_since])
+                found.append(SpooledPacket(int(m.group(1)), int(m.group(2)), 0))
+        found.sort(key=lambda packet: packet.sequence)
+        self._reserved = max([state.last_sequence, self._acked] + [p.sequence for p in found])
+        self._sent = self._reserved  # an earlier run may have sent any number it gave out
+        same = self._schedule is not None and state.schedule == self._schedule
+        self._schedule_since = state.schedule_since_sequence if same else self._reserved
+        self._last_capture = state.last_capture_ns if same else 0
+        self._last_capture = max([self._last_capture] +
+                                 [p.capture_ns for p in found if p.sequence > self._schedule_since])
         self.resumed_capture_ns = self._last_capture or None
         self._write_state()  # before any deletion below can remove the highest sequence
-        for seq, capture_ns, path in found:
-            why, reason = self._check(path, seq)
+        for found_packet in found:
+            path = self.folder / found_packet.filename
+            why, reason = self._check(path, found_packet.sequence)
             if why:
                 log.error("spool: deleting %s: %s", path.name, why)
                 path.unlink(missing_ok=True)
                 self._metrics.dropped(reason)
                 continue
-            packet = SpooledPacket(seq, capture_ns, path.stat().st_size)
-            self._seqs.append(seq)
-            self._packets[seq] = packet
+            packet = SpooledPacket(found_packet.sequence, found_packet.capture_ns, path.stat().st_size)
+            self._seqs.append(packet.sequence)
+            self._packets[packet.sequence] = packet
             self._bytes += packet.size
         with self._cond:
             self._make_room(0)
@@ -191,31 +222,31 @@ class Spool:
         except (BitstreamError, OSError) as exc:
             return f"unreadable packet ({exc})", "corrupt"
         if header.sequence != seq or header.camera_id != self.camera:
-            return (f"packet says camera {header.camera_id!r} sequence {header.sequence}, file name says "
-                    f"{self.camera!r} {seq}"), "corrupt"
+            return (f"packet says camera {display(header.camera_id)} sequence {header.sequence}, file name says "
+                    f"{display(self.camera)} {seq}"), "corrupt"
         if seq <= self._acked:
             return None, ""  # acked before the crash: removed by the first ack or Welcome
         why = self._keep(header) if self._keep else None
         return (why, "stale_model") if why else (None, "")
 
-    def _read_state(self) -> dict:
+    def _read_state(self) -> SpoolState:
         path = self.folder / STATE_FILE
         if not path.exists():
-            return {}
+            return SpoolState()
         try:
-            state = json.loads(path.read_text())
-            if state.get("camera") not in (None, self.camera):
-                raise ValueError(f"it belongs to camera {state.get('camera')!r}")
-            return state
+            state, camera = SpoolState.from_json(path.read_text())
         except (ValueError, OSError) as exc:
             log.error("spool: ignoring %s (%s); sequence numbers continue from the spooled packets", path, exc)
-            return {}
+            return SpoolState()
+        if camera not in (None, self.camera):
+            raise SpoolError(f"spool folder {self.folder} holds the state of camera {display(camera)}, not "
+                             f"{display(self.camera)}; give this node another --spool (spool.dir) so that neither "
+                             "camera's packets are lost")
+        return state
 
     def _write_state(self) -> None:
-        state = {"version": STATE_VERSION, "camera": self.camera, "last_sequence": self._reserved,
-                 "acked_sequence": self._acked, "schedule": self._schedule,
-                 "schedule_since_sequence": self._schedule_since, "last_capture_ns": self._last_capture}
-        write_durable(self.folder / STATE_FILE, json.dumps(state, sort_keys=True).encode())
+        state = SpoolState(self._reserved, self._acked, self._schedule, self._schedule_since, self._last_capture)
+        write_atomic(self.folder / STATE_FILE, state.to_json(self.camera), durable=True)
         self._persisted_last = self._reserved
         self._persisted_capture = self._last_capture
 
@@ -243,7 +274,7 @@ class Spool:
                 self._full(1, f"node is stopping and the spool is full; packet {sequence} dropped")
                 return False
             self._make_room(packet.size)
-        write_durable(self.folder / packet.filename, data)
+        write_atomic(self.folder / packet.filename, data, durable=True)
         with self._cond:
             index = bisect.bisect_left(self._seqs, sequence)
             self._seqs.insert(index, sequence)
@@ -251,7 +282,7 @@ class Spool:
             self._bytes += packet.size
             self._last_capture = max(self._last_capture, capture_ns)
             self._update_gauges()
-            self._cond.notify_all()
+            self._changed()
         return True
 
     def _make_room(self, size: int) -> None:
@@ -273,18 +304,27 @@ class Spool:
             self._full_logged_at = now
 
     # ---------------------------------------------------------------------------------- link side
-    def wait_after(self, sequence: int, timeout: float) -> SpooledPacket | None:
-        """The first packet above ``sequence``, waiting up to ``timeout`` seconds for one to be put."""
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from whichever thread made the change, without blocking) after every put, ack,
+        discard or drop: how the link's event loop learns about packets without polling."""
         with self._cond:
-            deadline = time.monotonic() + timeout
-            while True:
-                index = bisect.bisect_right(self._seqs, sequence)
-                if index < len(self._seqs):
-                    return self._packets[self._seqs[index]]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        with self._cond:
+            self._listeners.remove(callback)
+
+    def _changed(self) -> None:
+        """Wake waiters (lock held)."""
+        self._cond.notify_all()
+        for callback in self._listeners:
+            callback()
+
+    def next_after(self, sequence: int) -> SpooledPacket | None:
+        """The first spooled packet above ``sequence``, or None."""
+        with self._cond:
+            index = bisect.bisect_right(self._seqs, sequence)
+            return self._packets[self._seqs[index]] if index < len(self._seqs) else None
 
     def read(self, sequence: int) -> bytes | None:
         """The packet's bytes, or None when it was deleted meanwhile (acked, rejected or dropped)."""
@@ -302,9 +342,23 @@ class Spool:
         with self._cond:
             return bisect.bisect_right(self._seqs, sequence)
 
-    def ack(self, acked_sequence: int) -> list[SpooledPacket]:
-        """Cumulative ack: delete every packet up to ``acked_sequence``; returns them."""
+    def mark_sent(self, sequence: int) -> None:
+        """The link hands packet ``sequence`` to gRPC now: acknowledgements up to it become plausible."""
         with self._cond:
+            self._sent = max(self._sent, sequence)
+
+    def ack(self, acked_sequence: int) -> list[SpooledPacket]:
+        """Cumulative ack (an Ack, or a Welcome's stored sequence): delete every packet up to ``acked_sequence`` and
+        return them. Above ``sent_sequence`` it raises ImplausibleAckError and deletes nothing: a server cannot
+        have stored what this node never sent."""
+        with self._cond:
+            if acked_sequence > self._sent:
+                raise ImplausibleAckError(
+                    acked_sequence, self._sent,
+                    f"the server acknowledged camera {display(self.camera)} up to sequence {acked_sequence}, but "
+                    f"this node has sent only up to {self._sent}; nothing was deleted. Another node may use the same "
+                    "--camera (give each its own), or this node's spool was replaced while the server kept the "
+                    "camera's numbers (use a new --camera, or remove the camera from the server's acks.json)")
             removed = []
             while self._seqs and self._seqs[0] <= acked_sequence:
                 removed.append(self._remove(self._seqs[0]))
@@ -312,7 +366,7 @@ class Spool:
                 self._acked = acked_sequence
                 self._metrics.acked_sequence.set(acked_sequence)
             self._update_gauges()
-            self._cond.notify_all()
+            self._changed()
             return removed
 
     def discard(self, sequence: int, reason: str) -> SpooledPacket | None:
@@ -323,19 +377,8 @@ class Spool:
             packet = self._remove(sequence)
             self._metrics.dropped(reason)
             self._update_gauges()
-            self._cond.notify_all()
+            self._changed()
             return packet
-
-    def server_acked(self, acked_sequence: int) -> list[SpooledPacket]:
-        """A Welcome's acked sequence: ack up to it, and number new packets above it."""
-        with self._cond:
-            if acked_sequence > self._reserved:
-                log.warning("spool: the server has stored this camera up to sequence %d but the node only reached "
-                            "%d (spool wiped?); numbering continues at %d", acked_sequence, self._reserved,
-                            acked_sequence + 1)
-                self._reserved = acked_sequence
-                self._write_state()
-            return self.ack(acked_sequence)
 
     def _remove(self, sequence: int) -> SpooledPacket:
         """Forget and delete one packet (lock held). state.json first when it does not cover the packet's sequence
@@ -374,6 +417,12 @@ class Spool:
     def last_sequence(self) -> int:
         with self._cond:
             return self._reserved
+
+    @property
+    def sent_sequence(self) -> int:
+        """Highest sequence that may have reached a server: sent by the link, or numbered by an earlier run."""
+        with self._cond:
+            return self._sent
 
     def sequences(self) -> list[int]:
         with self._cond:

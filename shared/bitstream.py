@@ -37,14 +37,16 @@ from dataclasses import dataclass
 
 from mvic.shared.errors import (
     CorruptBitstreamError,
+    IdError,
     TruncatedBitstreamError,
     UnsupportedVersionError,
 )
+from mvic.shared.ids import MAX_ID_BYTES, validate_camera_id
 
 MAGIC = b"MVIC"
 FORMAT_VERSION = 1
 WEIGHTS_HASH_BYTES = 8
-MAX_CAMERA_ID_BYTES = 64
+MAX_CAMERA_ID_BYTES = MAX_ID_BYTES  # the id rule is mvic.shared.ids'; the length takes one byte
 MAX_STREAMS = 8
 MAX_SIDE = 16384  # pixels; larger images must be tiled by the caller
 PAD_MULTIPLE = 64  # the codec pads each side up to a multiple of this
@@ -83,9 +85,10 @@ class ViewHeader:
         _check(0 <= self.model_id < 1 << 16, f"model id {self.model_id} does not fit 16 bits")
         _check(len(self.weights_hash) == WEIGHTS_HASH_BYTES, "weights hash prefix must be 8 bytes")
         _check(0 <= self.rate_index < 256, f"rate index {self.rate_index} out of range 0..255")
-        cam = self.camera_id.encode("utf-8")
-        _check(1 <= len(cam) <= MAX_CAMERA_ID_BYTES, f"camera id must be 1..{MAX_CAMERA_ID_BYTES} UTF-8 bytes")
-        _check(self.camera_id.isprintable(), f"camera id {self.camera_id!r} has unprintable characters")
+        try:
+            validate_camera_id(self.camera_id)
+        except IdError as exc:
+            raise CorruptBitstreamError(str(exc)) from None
         _check(0 <= self.sequence < 1 << 64, f"sequence number {self.sequence} does not fit 64 bits")
         _check(0 <= self.capture_ns < 1 << 64, f"capture time {self.capture_ns} does not fit 64 bits")
         _check(1 <= self.height <= MAX_SIDE and 1 <= self.width <= MAX_SIDE,

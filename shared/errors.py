@@ -12,6 +12,7 @@
     ├── WeightsError                   a weights file that is missing, altered, or for another model
     │   └── NoTrainedWeightsError      no trained weights are installed for the requested model
     ├── ConfigError                    a config key or flag that cannot be used (message starts with its path)
+    ├── IdError                        a camera or group id outside the rule both ends share (mvic.shared.ids)
     ├── HelloError                     a stream's Hello with malformed ids, or headers disagreeing with it
     ├── ResultsError                   an evaluation results file that is missing or not what mvic-eval writes
     └── ExactnessError                 a network cannot be run in exact integer arithmetic
@@ -72,6 +73,10 @@ class NoTrainedWeightsError(WeightsError):
 
 class ConfigError(MVICError, ValueError):
     """A configuration file or flag that cannot be used; the message starts with the key path."""
+
+
+class IdError(MVICError, ValueError):
+    """A camera or group id that breaks ``mvic.shared.ids``' rule; the message says which rule and shows the id."""
 
 
 class HelloError(MVICError, ValueError):

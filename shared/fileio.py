@@ -2,7 +2,8 @@
 
 With ``durable=True`` the data and the rename are also flushed to the disk (fsync of the file, then of its
 folder), so the file survives a power loss once the call returns: the fusion server acknowledges a frame only
-after such a write. A failed write (a full disk, say) removes its partial file and raises the OSError with the
+after such a write, and the node's spool (``mvic.node.spool``) stores every packet and its state.json this way
+before the packet may be sent. This is the one atomic writer; nothing else in MVIC calls fsync. A failed write (a full disk, say) removes its partial file and raises the OSError with the
 path in its message; the target keeps its previous content, if any.
 """
 
@@ -16,8 +17,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def safe_name(text: str) -> str:
-    """A file-system-safe file or folder name for client-supplied text (camera ids are printable UTF-8, not
-    necessarily path-safe): other characters become ``_``; a leading dot or an empty result gets a ``_`` prefix."""
+    """A file-system-safe file or folder name for client-supplied text (camera ids follow ``mvic.shared.ids``:
+    printable UTF-8, not necessarily path-safe): other characters become ``_``; a leading dot or an empty result gets
+    a ``_`` prefix. The server's output folders and the node's spool folders are named with it."""
     safe = _UNSAFE.sub("_", text)
     return "_" + safe if safe.startswith(".") or not safe else safe
 

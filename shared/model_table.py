@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from mvic.shared.errors import ModelMismatchError
+from mvic.shared.errors import ConfigError, ModelMismatchError
 
 
 class ContextModel(str, Enum):
@@ -35,7 +35,6 @@ class ModelSpec:
     m: int  # channels of the latent y
     context: ContextModel
     lambdas: tuple[float, ...] = PAPER_LAMBDAS  # one rate point per lambda, index 0 = lowest rate
-    for_tests: bool = False
 
     @property
     def num_rates(self) -> int:
@@ -50,8 +49,8 @@ _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(3, "ldmic-fast-lite", 96, 128, ContextModel.CHECKERBOARD),
     ModelSpec(4, "ldmic-lite", 96, 128, ContextModel.AUTOREGRESSIVE),
     # Tiny architectures for tests and CI (randomly initialised; never shipped).
-    ModelSpec(0xF001, "test-tiny-fast", 16, 24, ContextModel.CHECKERBOARD, for_tests=True),
-    ModelSpec(0xF002, "test-tiny-ar", 16, 24, ContextModel.AUTOREGRESSIVE, for_tests=True),
+    ModelSpec(0xF001, "test-tiny-fast", 16, 24, ContextModel.CHECKERBOARD),
+    ModelSpec(0xF002, "test-tiny-ar", 16, 24, ContextModel.AUTOREGRESSIVE),
 )
 
 #: The architecture every tool uses when none is named: the camera-friendly checkerboard model whose trained weights
@@ -68,6 +67,7 @@ for _spec in _SPECS:
 
 
 def spec_by_id(model_id: int) -> ModelSpec:
+    """The architecture a bitstream or a Hello names; ModelMismatchError for an id this build does not know."""
     try:
         return MODELS_BY_ID[model_id]
     except KeyError:
@@ -78,9 +78,11 @@ def spec_by_id(model_id: int) -> ModelSpec:
 
 
 def spec_by_name(name: str) -> ModelSpec:
+    """The architecture a name (a --model flag, a config key, a weights file's metadata) stands for.
+
+    An unknown name is a configuration error, not a bitstream one: ConfigError, listing the names there are.
+    """
     try:
         return MODELS_BY_NAME[name]
     except KeyError:
-        raise ModelMismatchError(
-            f"unknown model {name!r}; choose one of: {', '.join(MODELS_BY_NAME)}"
-        ) from None
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS_BY_NAME)}") from None

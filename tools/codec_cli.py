@@ -3,28 +3,37 @@ and run a round-trip demo on the bundled samples. ``main(argv) -> int`` so tests
 
 A multi-view group is made by encoding each camera's image of one moment with its own ``--camera`` and the same
 ``--capture-ns``; ``decode`` then groups the files by the server's rules (shared/codec/grouping.py).
+
+torch, CompressAI and OpenCV are imported by the commands that run the model (encode, decode, demo), never at the
+top: ``--help`` and ``info`` start in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import cv2
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from mvic.shared.bitstream import ViewBitstream, pack, unpack
 from mvic.shared.codec.grouping import DEFAULT_TOLERANCE_NS, group_headers
-from mvic.shared.codec.images import psnr, read_rgb
-from mvic.shared.codec.model import LDMIC
-from mvic.shared.codec.registry import default_weights, export_weights, load_model
-from mvic.shared.errors import GroupError, MVICError, NoTrainedWeightsError
+from mvic.shared.errors import ConfigError, GroupError, MVICError, NoTrainedWeightsError
 from mvic.shared.fileio import safe_name, write_atomic
 from mvic.shared.model_table import DEFAULT_MODEL, MODELS_BY_NAME, spec_by_id, spec_by_name
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mvic.shared.codec.model import LDMIC
+
+
+def _model_name(name: str) -> str:
+    """--model: an architecture of the model table (an unknown name is a usage error listing the known ones)."""
+    try:
+        return spec_by_name(name).name
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(sp, with_model=True):
         if with_model:
-            sp.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS_BY_NAME),
-                            help="architecture (default %(default)s)")
+            sp.add_argument("--model", default=DEFAULT_MODEL, type=_model_name,
+                            help=f"architecture: {', '.join(MODELS_BY_NAME)} (default %(default)s)")
         sp.add_argument("--weights", type=Path, help="weights .safetensors (default: the installed trained weights)")
         sp.add_argument("--sha256", help="expected sha256 of --weights; refuse the file if it differs")
         sp.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -49,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(e)
 
     d = sub.add_parser("decode", help="decode .mvic files into PNGs, each timestamp's views jointly",
-                       description="Groups the views by the fusion server's rules: views captured within --tolerance-ms "
-                                   "of a group's first view, one per camera, form one group; views of one size in a "
-                                   "group are decoded jointly. Prints which views were decoded together.")
+                       description="Groups the views by the fusion server's rules: each view joins the "
+                                   "set whose first view is nearest in capture time, within --tolerance-ms, one view "
+                                   "per camera; views of one size in a "
+                                   "set are decoded jointly. Prints which views were decoded together.")
     d.add_argument("inputs", type=Path, nargs="+", help=".mvic files (one per camera and timestamp)")
     d.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for <camera>_<sequence>.png")
     d.add_argument("--tolerance-ms", type=float, default=DEFAULT_TOLERANCE_NS / 1e6,
@@ -77,11 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", 0):
+        import torch
+
         torch.set_num_threads(args.threads)
     try:
         return {"encode": _encode, "decode": _decode, "info": _info, "demo": _demo}[args.command](args)
     except NoTrainedWeightsError as exc:
         print(f"mvic-codec: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"mvic-codec: configuration error: {exc}", file=sys.stderr)
         return 2
     except (MVICError, OSError) as exc:
         print(f"mvic-codec: error: {exc}", file=sys.stderr)
@@ -89,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(model_name: str, args) -> LDMIC:
+    from mvic.shared.codec.registry import default_weights, load_model
+
     if args.weights is not None:
         return load_model(args.weights, sha256=args.sha256, model=model_name)
     return load_model(default_weights(model_name))
 
 
 def _read_image(path: Path) -> np.ndarray:
+    from mvic.shared.codec.images import read_rgb
+
     return read_rgb(path, "give a PNG/JPEG/BMP/TIFF file")
 
 
@@ -142,6 +161,8 @@ def _output_names(paths: list[Path], views: list[ViewBitstream], unique: bool) -
 
 
 def _decode(args) -> int:
+    import cv2
+
     views = _read_views(args.inputs)
     names = _output_names(args.inputs, views, args.unique_names)
     tolerance_ns = round(args.tolerance_ms * 1e6)
@@ -197,6 +218,16 @@ def _demo_views(source: str) -> list[tuple[str, np.ndarray]]:
 
 
 def _demo(args) -> int:
+    import tempfile
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from mvic.shared.codec.images import psnr
+    from mvic.shared.codec.model import LDMIC
+    from mvic.shared.codec.registry import export_weights
+
     try:
         model = _load(args.model, args)
         weights = str(args.weights) if args.weights else f"installed {args.model} weights"

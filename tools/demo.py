@@ -9,7 +9,8 @@ here, ``--device`` to choose) and one ``mvic-node`` per camera, all on loopback.
 schedule (``--start-at``) so the server can group their views by capture time. While they run, the demo polls the
 server's live page (printed URL) and prints progress; at the end it reads the server's and the nodes' Prometheus
 metrics and prints frames captured / sent / decoded / lost, mean bpp from the real bitstream bytes, PSNR of the
-reconstructions against the source frames, throughput and latency.
+reconstructions against the source frames, throughput and latency. On a terminal the progress line is rewritten in
+place; when stdout is a file or a pipe (CI, ``| tee``), it is a plain line every few seconds instead.
 
 This module imports neither the node nor the server: it starts them as programs.
 """
@@ -27,8 +28,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import yaml
@@ -39,6 +42,7 @@ from mvic.shared.model_table import DEFAULT_MODEL
 from mvic.shared.scene import Scene, SceneConfig
 
 DEMO_SEED = 2026  # a scene no training run uses (training: seeds 0..15, evaluation: >= 1000 below this)
+PLAIN_PROGRESS_EVERY_S = 5.0  # stdout not a terminal: one progress line this often
 WILDTRACK_NAMES = ("cam{n}.mp4", "C{n}.mp4", "c{n}.mp4", "C{n}.avi", "cam{n}.avi")
 
 
@@ -57,6 +61,44 @@ class Summary:
     ack_latency_s: float  # mean packet received -> ack, server clock
     capture_to_ack_s: float  # mean capture (camera clock) -> ack
     weights: str
+
+
+class Progress:
+    """One status line. On a terminal it is rewritten in place (``\\r``) at every update; on anything else (a log
+    file, a pipe) a plain line is printed at most every ``every_s`` seconds, and the last state once more at
+    ``close`` if it was not printed, so a log gets a few lines instead of thousands of carriage returns."""
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = PLAIN_PROGRESS_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.stream = stream if stream is not None else sys.stdout
+        self.live = self.stream.isatty()
+        self.every_s = every_s
+        self.clock = clock
+        self._printed_at: float | None = None
+        self._printed = ""  # the last line printed (plain mode)
+        self._latest = ""
+
+    def update(self, text: str) -> None:
+        self._latest = text
+        if self.live:
+            self.stream.write(f"\r{text}")
+            self.stream.flush()
+            return
+        now = self.clock()
+        if self._printed_at is None or now - self._printed_at >= self.every_s:
+            self._print(text)
+            self._printed_at = now
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+            self.stream.flush()
+        elif self._latest and self._latest != self._printed:
+            self._print(self._latest)
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+        self._printed = text
 
 
 def free_port() -> int:
@@ -187,8 +229,9 @@ class Demo:
             if name in names and proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.out}/logs/{name}.log")
 
-    def run_nodes(self) -> dict[str, dict[str, float]]:
+    def run_nodes(self, progress: Progress | None = None) -> dict[str, dict[str, float]]:
         """Wait for every node to finish (all frames acked), printing progress; their last metrics."""
+        progress = progress or Progress()
         total = len(self.cams) * self.args.frames
         last: dict[str, dict[str, float]] = {}
         done: set[str] = set()
@@ -207,10 +250,10 @@ class Demo:
             s = _stats(self.http_port) or {"cameras": []}
             decoded = sum(c.get("frames_decoded", 0) for c in s["cameras"])
             fps = sum(c.get("fps", 0.0) for c in s["cameras"])
-            print(f"\r  decoded {decoded}/{total} views · {fps:.2f} views/s · nodes done {len(done)}/{len(self.cams)}",
-                  end="", flush=True)
+            progress.update(f"  decoded {decoded}/{total} views · {fps:.2f} views/s · nodes done "
+                            f"{len(done)}/{len(self.cams)}")
             time.sleep(1.0)
-        print()
+        progress.close()
         return last
 
     def stop(self) -> None:

@@ -20,10 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from compressai.layers import CheckerboardMaskedConv2d, MaskedConv2d
-from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
+from mvic.shared.codec._compressai import CheckerboardMaskedConv2d, MaskedConv2d, quantize_ste
 from mvic.shared.codec.entropy_coding import CdfTable, CodingSession
 from mvic.shared.codec.fixedpoint import (
     ACT_LIMIT,
@@ -35,6 +34,7 @@ from mvic.shared.codec.fixedpoint import (
     run_rows,
 )
 from mvic.shared.codec.transforms import entropy_parameters
+
 
 @dataclass(frozen=True)
 class CodedLatent:

@@ -144,10 +144,6 @@ class IntConv:
     output_padding: int
     transposed: bool
 
-    @property
-    def out_channels(self) -> int:
-        return self.weight.shape[1 if self.transposed else 0]
-
     def __call__(self, x_fx: Tensor, opts: ExactOptions = ExactOptions()) -> Tensor:
         if opts.channels_last:
             x_fx = x_fx.contiguous(memory_format=torch.channels_last)

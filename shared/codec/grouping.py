@@ -1,22 +1,20 @@
-"""Which views of a batch of files form one multi-view group (``mvic-codec decode``).
+"""Which views of a batch of files are decoded together (``mvic-codec decode``).
 
-A *camera group* is the set of cameras that see one scene; a *view group* is one timestamp's views of it, at most
-one per camera, decoded jointly. The rules are the fusion server's (fusion_server/grouper.py): a view belongs to a
-group whose first view was captured within ``tolerance_ns`` of it and that has no view of its camera yet, else it
-opens a new one; views of different padded sizes cannot share one synthesis, so each size is a joint set of its own.
-One difference: the server, seeing a live stream, joins the *nearest* such group; here the views are taken in
-capture-time order and each joins the *earliest* that fits. The two agree whenever timestamps are more than twice
-the tolerance apart, as camera frames are.
+Views are taken in capture-time order and matched into view sets (one timestamp's views of a camera group, at most
+one per camera) by the rule the fusion server's grouper uses too: ``mvic.shared.view_sets.find_view_set`` (the
+nearest open set within the tolerance that has no view of the camera yet). Views of different padded sizes cannot
+share one synthesis, so each size within a view set is a joint set of its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from mvic.shared.bitstream import ViewHeader
+from mvic.shared.view_sets import DEFAULT_TOLERANCE_NS, check_tolerance, find_view_set
 
-DEFAULT_TOLERANCE_NS = 30_000_000  # the server's grouping.tolerance_ms default
+__all__ = ["DEFAULT_TOLERANCE_NS", "JointSet", "group_headers"]
 
 
 @dataclass(frozen=True)
@@ -24,27 +22,36 @@ class JointSet:
     """Positions (in the input order) of views decoded together: one timestamp, one padded size."""
 
     members: tuple[int, ...]
-    anchor_ns: int  # capture time of the view group's first view
+    anchor_ns: int  # capture time of the view set's first view
+
+
+@dataclass
+class _OpenSet:
+    anchor_ns: int
+    members: list[int] = field(default_factory=list)
+    cameras: set[str] = field(default_factory=set)
+
+    def holds(self, camera_id: str) -> bool:
+        return camera_id in self.cameras
 
 
 def group_headers(headers: Sequence[ViewHeader], tolerance_ns: int = DEFAULT_TOLERANCE_NS) -> list[JointSet]:
     """Joint sets in capture-time order (then by padded size, in order of first appearance)."""
-    if tolerance_ns < 0:
-        raise ValueError(f"the tolerance must be >= 0 ns, got {tolerance_ns}")
+    check_tolerance(tolerance_ns)
     order = sorted(range(len(headers)), key=lambda i: (headers[i].capture_ns, i))
-    groups: list[tuple[int, list[int]]] = []  # (anchor_ns, members)
+    sets: list[_OpenSet] = []  # in anchor order: views come in capture-time order
     for i in order:
         h = headers[i]
-        for anchor, members in groups:
-            if h.capture_ns - anchor <= tolerance_ns and all(headers[j].camera_id != h.camera_id for j in members):
-                members.append(i)
-                break
-        else:
-            groups.append((h.capture_ns, [i]))
+        target = find_view_set(h.capture_ns, h.camera_id, sets, tolerance_ns)
+        if target is None:
+            target = _OpenSet(h.capture_ns)
+            sets.append(target)
+        target.members.append(i)
+        target.cameras.add(h.camera_id)
     out = []
-    for anchor, members in groups:
+    for view_set in sets:
         by_size: dict[tuple[int, int], list[int]] = {}
-        for i in members:
+        for i in view_set.members:
             by_size.setdefault(headers[i].padded_size, []).append(i)
-        out += [JointSet(tuple(part), anchor) for part in by_size.values()]
+        out += [JointSet(tuple(part), view_set.anchor_ns) for part in by_size.values()]
     return out

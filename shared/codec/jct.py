@@ -11,8 +11,9 @@ becomes self-attention with the same weights, and training samples single views 
 from __future__ import annotations
 
 import torch
-from compressai.layers import ResidualBlock
 from torch import Tensor, nn
+
+from mvic.shared.codec._compressai import ResidualBlock
 
 
 class EfficientAttention(nn.Module):

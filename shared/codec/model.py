@@ -1,112 +1,58 @@
-"""LDMIC assembled: per-view encoder, exact entropy model, joint decoder. The codec's public API.
+"""LDMIC assembled: per-view encoder, latent codec, joint decoder. The codec's public API.
 
 Hop before: a camera frame, (H, W, 3) uint8 (``mvic.node`` capture, or a file for ``mvic-codec``).
 Hop after: ``compress_view`` -> ``ViewBitstream`` -> ``mvic.shared.bitstream.pack`` -> gRPC / file;
 ``decompress(views)`` -> ``DecodedView`` images for the sinks.
 
-Encoder (one view, CPU): x -> g_a -> y * gain_y[q] -> h_a -> z * gain_z[q] -> rANS(z) -> h_s (exact) ->
-context model (exact) -> rANS(y). Decoder (any K >= 1 views of one group, any device), in two stages that
-``decompress`` chains and a server may run apart: ``entropy_decode`` (rANS(z) -> h_s -> context model -> y_hat per
-view, exactly the encoder's on every device, so a CPU copy of the model will do) -> ``GroupLatents`` ->
-``synthesize`` (y_hat * y_inverse[q] -> JCT -> synthesis half 1 -> JCT -> synthesis half 2, with the views as a
-tensor dimension (B, V, C, H, W) and several groups of one shape on the batch axis B).
+Encoder, one view, on the camera's CPU::
+
+    x (1, 3, Hp, Wp) ──g_a, * y_gain[q]──▶ y (1, M, Hp/16, Wp/16) ──latent_codec.encode──▶ rANS(z), rANS(y)
+      ──▶ ViewBitstream (header + one stream)
+
+Decoder, any K >= 1 views of one group, in two stages::
+
+    entropy_decode   K views ──latent_codec.decode──▶ GroupLatents: y_hat (K, M, h, w), exact integers, so a CPU
+                     copy of the model gives the encoder's very numbers whatever device synthesizes
+    synthesize       y_hat * y_inverse[q], (B, V, M, h, w) ──JCT──▶ synthesis half 1 ──JCT──▶ synthesis half 2
+                     ──▶ x_hat (B, V, 3, Hp, Wp) ──crop──▶ one DecodedView per view; groups of one shape share B
+
+``decompress`` chains the two decoder stages; a server may run them apart (``fusion_server.decoder``). Training
+(``forward``) takes (B, V, 3, H, W) batches through the same modules. The parts: transforms.py (g_a, h_a, h_s, the
+synthesis halves), latent_codec.py (hyperprior + context model; context.py), gains.py (rate gains), jct.py (joint
+context transfer), compat.py (which views this model may decode), records.py (what comes out).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.models import CompressionModel
-from compressai.ops import quantize_ste
-from torch import Tensor, nn
+from torch import Tensor
 
 from mvic.shared.bitstream import ViewBitstream, ViewHeader, padding_for
-from mvic.shared.codec.context import AutoregressiveContext, CheckerboardContext, GaussianTables
-from mvic.shared.codec.entropy_coding import CdfTable, CodingSession, DecodeSession, EncodeSession
-from mvic.shared.codec.fixedpoint import (
-    ACT_LIMIT,
-    ExactOptions,
-    dequantize_fixed,
-    exact_form,
-    exact_mode,
-    from_fixed,
-    round_shift,
-    run_layers,
-    to_fixed,
-)
-from mvic.shared.codec.gains import GAIN_BITS, RateGains
+from mvic.shared.codec._compressai import CompressionModel, EntropyBottleneck, GaussianConditional
+from mvic.shared.codec.compat import CodecIdentity, check_compatible
+from mvic.shared.codec.context import AutoregressiveContext, CheckerboardContext
+from mvic.shared.codec.entropy_coding import DecodeSession, EncodeSession
+from mvic.shared.codec.fixedpoint import ExactOptions, from_fixed
+from mvic.shared.codec.gains import RateGains
 from mvic.shared.codec.images import crop, to_padded_tensor, to_pixels
 from mvic.shared.codec.jct import JointContextTransfer
+from mvic.shared.codec.latent_codec import ExactLatents, HyperpriorLatentCodec, StreamFloor
+from mvic.shared.codec.records import DecodedView, GroupLatents, RDOutput
 from mvic.shared.codec.transforms import (
     analysis,
     hyper_analysis,
     hyper_synthesis,
+    last_in_float32,
     synthesis_first_half,
     synthesis_second_half,
 )
-from mvic.shared.errors import (
-    CorruptBitstreamError,
-    DesyncError,
-    GroupError,
-    ImageError,
-    ModelMismatchError,
-    WeightsError,
-)
-from mvic.shared.model_table import MODELS_BY_ID, ContextModel, ModelSpec
+from mvic.shared.errors import CorruptBitstreamError, DesyncError, GroupError, ImageError, WeightsError
+from mvic.shared.model_table import ContextModel, ModelSpec
 
-@dataclass(frozen=True)
-class RDOutput:
-    """Forward pass of a batch of view groups."""
-
-    x_hat: Tensor  # (B, V, 3, H, W)
-    likelihoods_y: Tensor  # (B, V, M, H/16, W/16)
-    likelihoods_z: Tensor  # (B, V, N, H/64, W/64)
-
-
-@dataclass(frozen=True)
-class DecodedView:
-    header: ViewHeader
-    image: np.ndarray  # (height, width, 3) uint8
-
-
-@dataclass(frozen=True)
-class ExactLatents:
-    """What the exact entropy model coded, one row per view: the same numbers on every device."""
-
-    y_hat_fx: Tensor  # (B, M, h, w) exact, units 2**-FRAC_BITS, in the gained domain
-    scales: Tensor  # (B, M, h, w) table scales the symbols were coded with
-    means: Tensor  # (B, M, h, w)
-    z_hat: Tensor  # (B, N, h/4, w/4) dequantized hyper latent (gained domain)
-
-
-@dataclass(frozen=True)
-class GroupLatents:
-    """Equal-size views of one group after ``entropy_decode``, ready for ``synthesize`` (maybe on another device).
-
-    The tensors stay where entropy decoding ran (a CPU copy of the model, say); ``synthesize`` moves what it needs.
-    """
-
-    headers: tuple[ViewHeader, ...]
-    latents: ExactLatents  # one row per view, in the order of ``headers``
-    rate_indexes: tuple[int, ...]
-    padded_size: tuple[int, int]  # (Hp, Wp), multiples of 64
-
-    @property
-    def shape(self) -> tuple[int, tuple[int, int]]:
-        """(views, padded size): groups of one shape are synthesized together."""
-        return len(self.headers), self.padded_size
-
-    def select(self, rows: Sequence[int]) -> GroupLatents:
-        """The same group restricted to some of its views (to synthesize a view alone, say)."""
-        rows = list(rows)
-        lat = self.latents
-        return GroupLatents(tuple(self.headers[i] for i in rows),
-                            ExactLatents(lat.y_hat_fx[rows], lat.scales[rows], lat.means[rows], lat.z_hat[rows]),
-                            tuple(self.rate_indexes[i] for i in rows), self.padded_size)
+__all__ = ["LDMIC", "DecodedView", "ExactLatents", "GroupLatents", "RDOutput"]
 
 
 class LDMIC(CompressionModel):
@@ -116,6 +62,7 @@ class LDMIC(CompressionModel):
         super().__init__()
         self.spec = spec
         n, m = spec.n, spec.m
+        # The attribute names are the state_dict keys of every weights file: never rename them.
         self.g_a = analysis(n, m)
         self.h_a = hyper_analysis(n, m)
         self.h_s = hyper_synthesis(n, m)
@@ -130,6 +77,12 @@ class LDMIC(CompressionModel):
         self.synthesis_2 = synthesis_second_half(n)
         self.weights_hash: bytes | None = None  # set by the registry when weights are loaded from a file
 
+    @property
+    def latent_codec(self) -> HyperpriorLatentCodec:
+        """The entropy model of y over this model's own modules (it owns none, so the state_dict keys stay)."""
+        return HyperpriorLatentCodec(self.h_a, self.h_s, self.entropy_bottleneck, self.gaussian_conditional,
+                                     self.context, self.gains)
+
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, x: Tensor, rate: Tensor) -> RDOutput:
         """x: (B, V, 3, H, W) in [0, 1], H and W multiples of 64; rate: (B,) or (B, V) rate indexes.
@@ -142,33 +95,12 @@ class LDMIC(CompressionModel):
             raise ImageError(f"forward needs H and W multiples of 64, got {h}x{w}; crop or pad the batch")
         rate = self._rates(rate, b, v)  # (B*V,)
         flat = x.reshape(b * v, 3, h, w)  # (B*V, 3, H, W)
-        y = _last_in_float32(self.g_a, flat) * RateGains.pick(self.gains.y_gain, rate)  # (B*V, M, h, w), gained
-        z = _last_in_float32(self.h_a, y) * RateGains.pick(self.gains.z_gain, rate)  # (B*V, N, h/4, w/4), gained
-        if self.training:
-            # Under autocast (bf16 training) the entropy model still runs in float32: likelihoods and rounding
-            # offsets need the precision; the transforms and the JCT may run in lower precision, except the last
-            # convolutions of g_a and h_a, whose outputs are the latents.
-            with torch.autocast(flat.device.type, enabled=False):
-                y, z = y.float(), z.float()
-                _, lik_z = self.entropy_bottleneck(z)
-                medians = self.entropy_bottleneck._get_medians().view(1, -1, 1, 1)
-                z_hat = quantize_ste(z - medians) + medians
-                params = self.h_s(z_hat * RateGains.pick(self.gains.z_inverse, rate))
-                scales, means = self.context.train_params(y, params)
-                _, lik_y = self.gaussian_conditional(y, scales, means)
-                y_hat = quantize_ste(y - means) + means
-        else:
-            lat = self._code_latents(y, z, rate, CodingSession(b * v), ExactOptions())
-            _, lik_z = self.entropy_bottleneck(lat.z_hat, training=False)
-            y_hat = from_fixed(lat.y_hat_fx).float()
-            lik_y = self._likelihood_y(y_hat, lat)
-        x_hat = self._synthesize(y_hat * RateGains.pick(self.gains.y_inverse, rate), b, v)
-        return RDOutput(x_hat, lik_y.view(b, v, *lik_y.shape[1:]), lik_z.view(b, v, *lik_z.shape[1:]))
-
-    def _likelihood_y(self, y_hat: Tensor, lat: ExactLatents) -> Tensor:
-        gc = self.gaussian_conditional
-        lik = gc._likelihood(y_hat, lat.scales.float(), lat.means.float())
-        return gc.likelihood_lower_bound(lik) if gc.use_likelihood_bound else lik
+        y = last_in_float32(self.g_a, flat) * RateGains.pick(self.gains.y_gain, rate)  # (B*V, M, h, w), gained
+        lat = self.latent_codec.forward(y, rate, training=self.training)  # y_hat (B*V, M, h, w)
+        x_hat = self._synthesize(lat.y_hat * RateGains.pick(self.gains.y_inverse, rate), b, v)  # (B, V, 3, H, W)
+        lik_y = lat.likelihoods_y.view(b, v, *lat.likelihoods_y.shape[1:])  # (B, V, M, h, w)
+        lik_z = lat.likelihoods_z.view(b, v, *lat.likelihoods_z.shape[1:])  # (B, V, N, h/4, w/4)
+        return RDOutput(x_hat, lik_y, lik_z)
 
     def _synthesize(self, y_hat: Tensor, b: int, v: int) -> Tensor:
         """(B*V, M, h, w) -> (B, V, 3, 16h, 16w), joint over the V views of each group."""
@@ -176,46 +108,16 @@ class LDMIC(CompressionModel):
         f = self.synthesis_1(f.flatten(0, 1))  # (B*V, N, 4h, 4w)
         f = self.jct_2(f.view(b, v, *f.shape[1:]))  # (B, V, N, 4h, 4w)
         x_hat = self.synthesis_2(f.flatten(0, 1))  # (B*V, 3, 16h, 16w)
-        return x_hat.view(b, v, *x_hat.shape[1:])
+        return x_hat.view(b, v, *x_hat.shape[1:])  # (B, V, 3, 16h, 16w)
 
     def _rates(self, rate: Tensor | int, b: int, v: int) -> Tensor:
         rate = torch.as_tensor(rate, dtype=torch.long, device=self.gains.y_gain.device)
         if rate.dim() <= 1:
-            rate = rate.reshape(-1, 1)
+            rate = rate.reshape(-1, 1)  # (B, 1)
         rate = rate.expand(b, v).reshape(-1)  # (B*V,)
         if int(rate.min()) < 0 or int(rate.max()) >= self.spec.num_rates:
             raise ValueError(f"rate index out of range 0..{self.spec.num_rates - 1}")
         return rate
-
-    # ------------------------------------------------------------------------------------- exact entropy model
-    def _gaussian_tables(self) -> GaussianTables:
-        gc = self.gaussian_conditional
-        return GaussianTables(CdfTable.of(gc), gc.scale_table.double(), float(gc.lower_bound_scale.bound))
-
-    def _code_latents(self, y: Tensor | None, z: Tensor | None, rate: Tensor, session: CodingSession,
-                      opts: ExactOptions, y_size: tuple[int, int] | None = None) -> ExactLatents:
-        """The one path that encoder, decoder and eval forward share. y, z: gained latents (None to decode)."""
-        with exact_mode(rate.device):
-            return self._code_latents_exact(y, z, rate, session, opts, y_size)
-
-    def _code_latents_exact(self, y, z, rate, session, opts, y_size) -> ExactLatents:
-        eb = self.entropy_bottleneck
-        if y is not None:
-            y_size = y.shape[-2:]
-        h, w = y_size
-        b = rate.shape[0]
-        n = self.spec.n
-        device = rate.device
-        medians = eb._get_medians().detach().double().view(1, n, 1, 1)
-        z_shape = (b, n, h // 4, w // 4)
-        z_idx = torch.arange(n, device=device).view(1, n, 1, 1).expand(z_shape)
-        z_sym = session.code(z, medians.expand(z_shape), z_idx, CdfTable.of(eb))  # (B, N, h/4, w/4)
-        z_hat_fx = dequantize_fixed(z_sym, to_fixed(medians))
-        h_in = round_shift(z_hat_fx * self.gains.z_inverse_fixed(rate), 2.0**-GAIN_BITS)
-        params_fx = run_layers(exact_form(self.h_s), h_in.clamp(-ACT_LIMIT, ACT_LIMIT), opts)
-        target = y.double() if y is not None else None
-        coded = self.context.code(params_fx, target, session, self._gaussian_tables(), opts)
-        return ExactLatents(coded.y_hat_fx, coded.scales, coded.means, (z_sym + medians).float())
 
     # ---------------------------------------------------------------------------------------------- encoder
     @torch.no_grad()
@@ -226,10 +128,9 @@ class LDMIC(CompressionModel):
         device = self.gains.y_gain.device
         x = to_padded_tensor(image, device)  # (1, 3, Hp, Wp)
         rate = self._rates(rate_index, 1, 1)  # (1,)
+        y = self.g_a(x) * RateGains.pick(self.gains.y_gain, rate)  # (1, M, Hp/16, Wp/16), gained
         session = EncodeSession(1)
-        y = self.g_a(x) * RateGains.pick(self.gains.y_gain, rate)  # (1, M, Hp/16, Wp/16)
-        z = self.h_a(y) * RateGains.pick(self.gains.z_gain, rate)  # (1, N, Hp/64, Wp/64)
-        self._code_latents(y, z, rate, session, opts)
+        self.latent_codec.encode(y, rate, session, opts)
         stream = session.finish()[0]
         h, w = image.shape[:2]
         pad_b, pad_r = padding_for(h, w)
@@ -292,7 +193,7 @@ class LDMIC(CompressionModel):
         by_shape: dict[tuple[int, tuple[int, int]], list[int]] = {}
         for i, group in enumerate(batch):
             for header in group.headers:
-                self._check_compatible(header)
+                self.check_header(header)
             by_shape.setdefault(group.shape, []).append(i)
         out: list[list[DecodedView]] = [[] for _ in batch]
         for members in by_shape.values():
@@ -312,6 +213,13 @@ class LDMIC(CompressionModel):
         return [[DecodedView(h, crop(pixels[i, j], h.height, h.width)) for j, h in enumerate(g.headers)]
                 for i, g in enumerate(groups)]
 
+    def min_stream_bytes(self, padded_size: tuple[int, int], floor: StreamFloor | None = None) -> int:
+        """The fewest bytes an entropy-coded stream of a view of ``padded_size`` (Hp, Wp) can have with this model's
+        tables: a shorter one is damaged or hostile, and can be refused before any decoding (``StreamFloor``).
+        ``floor``: ``self.latent_codec.stream_floor()``, for a caller that checks many views with one model."""
+        hp, wp = padded_size
+        return (floor or self.latent_codec.stream_floor()).min_bytes((hp // 16, wp // 16))  # y: (Hp/16, Wp/16)
+
     def decode_latents(self, views: Sequence[ViewBitstream], opts: ExactOptions = ExactOptions()) -> Tensor:
         """Entropy-decode equal-size views: (V, M, h, w) exact latents in units 2**-FRAC_BITS (for tests/tools)."""
         with torch.no_grad():
@@ -320,21 +228,29 @@ class LDMIC(CompressionModel):
     def _decode_latents(self, views: Sequence[ViewBitstream], opts: ExactOptions) -> ExactLatents:
         device = self.gains.y_gain.device
         hp, wp = views[0].header.padded_size
-        rate = torch.tensor([v.header.rate_index for v in views], device=device)
+        rate = torch.tensor([v.header.rate_index for v in views], device=device)  # (V,)
         session = DecodeSession([v.streams[0] for v in views])
-        lat = self._code_latents(None, None, rate, session, opts, (hp // 16, wp // 16))
-        bad = [i for i, v in enumerate(views) if session.symbol_crc(i) != v.header.symbol_crc]
+        lat = self.latent_codec.decode(rate, session, (hp // 16, wp // 16), opts)
+        bad = [i for i, v in enumerate(views)
+               if not session.intact(i) or session.symbol_crc(i) != v.header.symbol_crc]
         if bad:
             names = ", ".join(f"{views[i].header.camera_id}#{views[i].header.sequence}" for i in bad)
             raise DesyncError(
                 f"entropy decoding desynchronised for {names}: the decoded latent symbols differ from the encoder's "
-                "(checksum mismatch). The encoder and decoder disagree on the model; decode these views again "
-                "with the weights they were encoded with, or drop them and decode the rest",
+                "(checksum mismatch). Either the stream was damaged (in memory or on a path the packet CRC does not "
+                "cover: fetch or re-encode these views), or the encoder and decoder compute differently with the "
+                "same model id and weights hash (decode with the weights file the views were encoded with, on the "
+                "same MVIC release). The other views are not affected: drop these and decode the rest",
                 bad,
             )
         return lat
 
     # ------------------------------------------------------------------------------------------- identity
+    @property
+    def identity(self) -> CodecIdentity:
+        """The model id and weights hash this model writes into every header (WeightsError before loading)."""
+        return CodecIdentity(self.spec.model_id, self._require_weights_hash())
+
     def _require_weights_hash(self) -> bytes:
         if self.weights_hash is None:
             raise WeightsError(
@@ -345,28 +261,18 @@ class LDMIC(CompressionModel):
 
     def _check_views(self, views: Sequence[ViewBitstream]) -> None:
         for view in views:
-            self._check_compatible(view.header)
+            self.check_header(view.header)
             if len(view.streams) != 1:
                 raise CorruptBitstreamError(
                     f"view {view.header.camera_id}#{view.header.sequence} holds {len(view.streams)} streams; "
                     "this model codes one per view"
                 )
 
-    def _check_compatible(self, header: ViewHeader) -> None:
+    def check_header(self, header: ViewHeader, *, decoded_by: str = "this decoder") -> None:
+        """ModelMismatchError unless this model decodes the view (the ``compat`` rule; ``decoded_by`` names this
+        side in the message); CorruptBitstreamError for a rate point the model does not have."""
         who = f"view {header.camera_id}#{header.sequence}"
-        if header.model_id != self.spec.model_id:
-            other = MODELS_BY_ID.get(header.model_id)
-            name = other.name if other else f"unknown id {header.model_id:#06x}"
-            raise ModelMismatchError(
-                f"{who} was coded with model {name!r} but this decoder holds {self.spec.name!r}; "
-                f"start the decoder with --model {name}" if other else
-                f"{who} names {name}, which this build does not know; upgrade MVIC on the decoder"
-            )
-        if header.weights_hash != self._require_weights_hash():
-            raise ModelMismatchError(
-                f"{who} was coded with weights {header.weights_hash.hex()} but the decoder holds "
-                f"{self.weights_hash.hex()}; load the same weights file on both ends (mvic-codec info shows the hash)"
-            )
+        check_compatible(CodecIdentity.of(header), self.identity, coded_by=who, decoded_by=decoded_by)
         if header.rate_index >= self.spec.num_rates:
             raise CorruptBitstreamError(
                 f"{who} asks for rate point {header.rate_index}; model {self.spec.name!r} has {self.spec.num_rates}"
@@ -380,11 +286,3 @@ def _to_device(t: Tensor, device: torch.device) -> Tensor:
     if t.device.type == "cpu" and device.type == "cuda":
         t = t.pin_memory()
     return t.to(device, non_blocking=True)
-
-
-def _last_in_float32(seq: nn.Sequential, x: Tensor) -> Tensor:
-    """``seq(x)`` with its last layer in float32, outside any autocast: under bf16 autocast the latents would
-    otherwise be rounded to 8 significant bits before the entropy model sees them."""
-    hidden = seq[:-1](x)
-    with torch.autocast(x.device.type, enabled=False):
-        return seq[-1](hidden.float())

@@ -5,6 +5,9 @@ recomputed on another machine), writes a safetensors file whose metadata names t
 sha256. ``load_model(path_or_record)`` verifies the hash (when known), rebuilds the architecture named in the file
 and loads with ``strict=True``. Shipped weights are listed in ``weights/records.json``; each entry becomes a
 ``WeightsRecord``, and registering a name twice raises. No pickle anywhere.
+
+The records need no torch: torch, safetensors and the model are imported by the two functions that move tensors, so
+``--validate-config`` and other checks that only ask which weights are installed start fast.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
-
-from mvic.shared.codec.model import LDMIC
-from mvic.shared.errors import ModelMismatchError, NoTrainedWeightsError, WeightsError
+from mvic.shared.errors import ConfigError, NoTrainedWeightsError, WeightsError
 from mvic.shared.model_table import spec_by_name
+
+if TYPE_CHECKING:
+    import torch
+
+    from mvic.shared.codec.model import LDMIC
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 FORMAT_TAG = "mvic-weights-1"
@@ -75,7 +79,9 @@ def registered_weights() -> dict[str, WeightsRecord]:
 
 
 def default_weights(model: str) -> WeightsRecord:
-    """The first registered weights for an architecture, or NoTrainedWeightsError saying what to do."""
+    """The first registered weights for an architecture, or NoTrainedWeightsError saying what to do (ConfigError
+    for a name that is no architecture)."""
+    spec_by_name(model)
     for record in _REGISTRY.values():
         if record.model == model:
             return record
@@ -83,6 +89,13 @@ def default_weights(model: str) -> WeightsRecord:
         f"no trained weights are installed for model {model!r}. Pass --weights FILE.safetensors "
         "(made by registry.export_weights or mvic-train), or train them; the codec cannot compress well without"
     )
+
+
+def weights_source(weights: str | Path | None, model: str) -> Path | WeightsRecord:
+    """What a node or a server loads: the file ``weights`` names when it names one, else the installed weights of
+    ``model`` (NoTrainedWeightsError when none are; ConfigError for an unknown model). Needs no torch, so
+    ``--validate-config`` can ask it."""
+    return Path(weights) if weights else default_weights(model)
 
 
 def sha256_of(path: Path) -> str:
@@ -101,6 +114,8 @@ def export_weights(model: LDMIC, path: str | Path, *, fp16_kernels: bool = False
     way, and every machine widens the same float16 values, so decoding stays bit-exact across devices. The exporting
     model is given the rounded kernels too, so it codes exactly like the file it wrote.
     """
+    from safetensors.torch import save_file
+
     path = Path(path)
     model.update(force=True)
     state = {}
@@ -126,11 +141,22 @@ def export_weights(model: LDMIC, path: str | Path, *, fp16_kernels: bool = False
 
 def load_model(source: str | Path | WeightsRecord, *, sha256: str | None = None, model: str | None = None,
                device: str | torch.device = "cpu") -> LDMIC:
-    """Load weights into the architecture their file names; verify the hash; strict; eval mode."""
+    """Load weights into the architecture their file names; verify the hash; strict; eval mode.
+
+    ``model`` (a name) must be the architecture the file holds: ConfigError for an unknown name, WeightsError for
+    another architecture.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    from mvic.shared.codec.model import LDMIC
+
     if isinstance(source, WeightsRecord):
         sha256, model, path = source.sha256, source.model, source.path
     else:
         path = Path(source)
+    if model is not None:
+        spec_by_name(model)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist; check the path or reinstall MVIC")
     digest = sha256_of(path)
@@ -149,8 +175,8 @@ def load_model(source: str | Path | WeightsRecord, *, sha256: str | None = None,
         raise WeightsError(f"{path} is not an MVIC weights file (metadata {meta}); export it with export_weights")
     try:
         spec = spec_by_name(meta["model"])
-    except ModelMismatchError as exc:
-        raise WeightsError(f"{path}: {exc}") from None
+    except ConfigError as exc:
+        raise WeightsError(f"{path} names an architecture this build does not know ({exc}); upgrade MVIC") from None
     if model is not None and model != spec.name:
         raise WeightsError(f"{path} holds weights for {spec.name!r}, not for the requested model {model!r}")
     net = LDMIC(spec)

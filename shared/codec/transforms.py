@@ -8,10 +8,10 @@ jct.py and the assembly in model.py.
 
 from __future__ import annotations
 
-from compressai.layers import GDN
-from compressai.models.utils import conv, deconv
-from torch import nn
+import torch
+from torch import Tensor, nn
 
+from mvic.shared.codec._compressai import GDN, conv, deconv
 from mvic.shared.codec.fixedpoint import LEAKY_SLOPE
 
 
@@ -56,3 +56,11 @@ def synthesis_first_half(n: int, m: int) -> nn.Sequential:
 def synthesis_second_half(n: int) -> nn.Sequential:
     """decoder_2: (B*V, N, 4h, 4w) -> (B*V, 3, 16h, 16w)."""
     return nn.Sequential(deconv(n, n), GDN(n, inverse=True), deconv(n, 3))
+
+
+def last_in_float32(seq: nn.Sequential, x: Tensor) -> Tensor:
+    """``seq(x)`` with its last layer in float32, outside any autocast: under bf16 autocast the latents (outputs of
+    g_a and h_a) would otherwise be rounded to 8 significant bits before the entropy model sees them."""
+    hidden = seq[:-1](x)
+    with torch.autocast(x.device.type, enabled=False):
+        return seq[-1](hidden.float())

@@ -51,10 +51,13 @@ def _common_options(max_packet_bytes: int) -> tuple[tuple[str, int], ...]:
 
 
 def server_options(max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> tuple[tuple[str, int], ...]:
-    """Channel arguments for ``grpc.aio.server(options=...)``: bounded messages, keepalive both ways."""
+    """Channel arguments for ``grpc.aio.server(options=...)``: bounded messages, keepalive both ways, and an
+    exclusive port (gRPC's default SO_REUSEPORT would let a second server bind the same port and take half the
+    cameras; without it a busy port fails to bind)."""
     return _common_options(max_packet_bytes) + (
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.so_reuseport", 0),
     )
 
 

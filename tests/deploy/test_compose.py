@@ -3,8 +3,9 @@
 Every service's command line goes through the parser and configuration loader of the program it runs
 (``mvic.node.cli`` / ``mvic.fusion_server.cli``); then ports, volumes, Prometheus targets and the Dockerfiles are
 checked against each other and against the repository. Which weights each program would load is decided by its
-own code (``mvic.node.encoder.load_encoder``, ``mvic.fusion_server.app.weights_source``) with the registry's
-``default_weights`` stubbed, so the tests do not need the shipped weights files.
+own code (``mvic.node.encoder.load_encoder``; for the server, ``mvic.shared.codec.registry.weights_source``, which
+``mvic.fusion_server.app`` loads) with the registry's ``default_weights`` stubbed, so the tests do not need the
+shipped weights files.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def server_config(compose: dict):
         mount = mount_of(compose["services"]["server"], args.config)
         assert mount is not None and mount.is_bind, f"--config {args.config} is not in a bind mount"
         config_file = ROOT / mount.source / Path(args.config).relative_to(mount.target)
-    return load_config(config_file, server_cli._overrides(args)), args
+    return load_config(config_file, server_cli.overrides(args)), args
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +205,21 @@ def test_server_command_line_passes_validate_config(compose, server_args, capsys
     mount = mount_of(service, args.config)
     host_config = str(ROOT / mount.source / Path(args.config).relative_to(mount.target))
     assert server_cli.main([a.replace(args.config, host_config) for a in server_args] + ["--validate-config"]) == 0
-    assert "configuration OK" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.err.startswith("mvic-server: configuration OK")
+    assert yaml.safe_load(captured.out)["cameras"] == list(CAMERAS)  # the effective config, as YAML
+
+
+def test_node_command_lines_pass_validate_config(compose, monkeypatch, capsys):
+    """The same dialect as the server's: the effective config as YAML on stdout, exit 0 (the video files and the
+    installed weights are container paths here, so the preflight is stubbed)."""
+    monkeypatch.setattr(node_cli, "preflight", lambda config: None)
+    for name, service in compose["services"].items():
+        if program(service) == "node":
+            assert node_cli.main(argv(service, image_entrypoint("node"))[1:] + ["--validate-config"]) == 0, name
+            captured = capsys.readouterr()
+            assert captured.err.startswith("mvic-node: configuration OK")
+            assert yaml.safe_load(captured.out)["camera"] == name.removeprefix("node-").upper()
 
 
 def test_server_decodes_on_the_reserved_gpu_and_allows_exactly_the_seven_cameras(compose, server):
@@ -237,18 +252,17 @@ WEIGHTS_CASES = {  # environment -> what every program loads, and the model it c
 def test_nodes_and_server_load_the_same_weights_and_model(monkeypatch, env, loaded, model):
     """Out of the box both sides load the installed weights of MVIC_MODEL (one package in both images, so one
     file); MVIC_WEIGHTS points all of them at one file in the read-only MVIC_WEIGHTS_DIR mount instead."""
-    from mvic.fusion_server import app
     from mvic.node import encoder
+    from mvic.shared.codec import registry
 
     def installed(name):  # stands for registry.default_weights(name): the weights installed in the image
         return f"installed:{name}"
 
-    monkeypatch.setattr(app, "default_weights", installed)
-    monkeypatch.setattr(encoder, "default_weights", installed)
+    monkeypatch.setattr(registry, "default_weights", installed)
     monkeypatch.setattr(encoder, "load_model", lambda source, model=None: source)
     compose = load_compose({"MVIC_START_AT_NS": START_AT, **env})
     config, _ = server_config(compose)
-    programs = {"server": (app.weights_source(config), config.model)}
+    programs = {"server": (registry.weights_source(config.weights, config.model), config.model)}
     nodes = node_configs(compose)
     programs.update({name: (encoder.load_encoder(c.encode), c.encode.model) for name, c in nodes.items()})
     assert len(programs) == 1 + len(CAMERAS)

@@ -12,7 +12,7 @@ import pytest
 from mvic.shared.bitstream import FORMAT_VERSION, pack
 from mvic.shared.codec.registry import load_model
 from mvic.shared.rpc import CAMERA_METADATA_KEY, GROUP_METADATA_KEY, MESSAGE_OVERHEAD_BYTES, mvic_pb2 as pb
-from tests.e2e.harness import MODEL, RawCamera, capture_times, png_names, spooled
+from tests.e2e.harness import MODEL, RawCamera, capture_times, journal, png_names, spooled
 
 FRAMES = 6
 MAX_PACKET = 8192  # server max_packet_bytes: a tiny-model view of 64x96 is well under 1 KiB
@@ -68,12 +68,15 @@ def test_malformed_packets_are_refused_alone(cluster, codec):
         t0 = time.time_ns()
         good = pack(codec.compress_view(image, 2, camera_id=PROBE, sequence=4, capture_ns=t0 + 4))
         truncated = pack(codec.compress_view(image, 2, camera_id=PROBE, sequence=2, capture_ns=t0 + 2))
+        cam.send_packet(2**64 - 1, t0, b"\x00garbage" * 3)  # refused; it must not move the ack (issue 13)
         cam.send_packet(1, t0 + 1, b"\x00garbage, not a bitstream" * 3)
         cam.send_packet(2, t0 + 2, truncated[: len(truncated) // 2])
         cam.send_packet(3, t0 + 3, b"\x01" * (MAX_PACKET + 1))
         cam.send_packet(4, t0 + 4, good)  # the stream is still open: this one is decoded and acked
         errors, acked = {}, 0
+        deadline = time.monotonic() + 60
         while acked < 4:
+            assert time.monotonic() < deadline, f"no ack of packet 4 within 60 s; errors {errors}\n{cluster.logs()}"
             message = cam.next()
             assert isinstance(message, pb.ServerMessage), f"the stream ended: {message!r}\n{cluster.logs()}"
             if message.WhichOneof("kind") == "error":
@@ -81,8 +84,9 @@ def test_malformed_packets_are_refused_alone(cluster, codec):
                 assert message.error.message
             elif message.WhichOneof("kind") == "ack":
                 acked = max(acked, message.ack.acked_sequence)
-        assert errors == {1: pb.ERROR_CODE_MALFORMED, 2: pb.ERROR_CODE_MALFORMED, 3: pb.ERROR_CODE_TOO_LARGE}
-        assert png_names(cluster.out, PROBE) == [t0 + 4]
+        assert errors == {2**64 - 1: pb.ERROR_CODE_MALFORMED, 1: pb.ERROR_CODE_MALFORMED, 2: pb.ERROR_CODE_MALFORMED,
+                          3: pb.ERROR_CODE_TOO_LARGE}
+        assert acked == 4 and png_names(cluster.out, PROBE) == [t0 + 4]
 
         # a message over the gRPC limit ends that stream with RESOURCE_EXHAUSTED (the server stays up)
         cam.send_packet(5, t0 + 5, b"\x02" * (MAX_PACKET + MESSAGE_OVERHEAD_BYTES + 1))
@@ -96,7 +100,8 @@ def test_malformed_packets_are_refused_alone(cluster, codec):
     assert spooled(cluster.spool, "C1") == []
     assert server.alive
     stats = cluster.server_stats()
-    assert stats['mvic_server_packets_rejected_total{camera="P1",reason="malformed"}'] == 2
+    assert stats['mvic_server_packets_rejected_total{camera="P1",reason="malformed"}'] == 3
+    assert journal(cluster.out) == {"C1": FRAMES, PROBE: 4}  # refused cameras and packets leave no ack behind
     assert stats['mvic_server_packets_rejected_total{camera="P1",reason="too_large"}'] == 1
     assert stats.get('mvic_server_packets_rejected_total{camera="C1",reason="malformed"}', 0.0) == 0
     assert stats['mvic_server_frames_written_total'] == FRAMES + 1

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mvic.fusion_server import app, cli
+import yaml
+
+from mvic.fusion_server import cli
 from mvic.fusion_server.config import ConfigError, load_config
+from mvic.shared.config import to_dict
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -21,13 +24,18 @@ def test_defaults_and_overrides(tmp_path):
 def test_empty_weights_flag_means_the_installed_weights(tmp_path, monkeypatch):
     """--weights= (docker-compose passes it when MVIC_WEIGHTS is unset) selects the installed weights of --model,
     even over a file named in server.yaml."""
-    monkeypatch.setattr(app, "default_weights", lambda model: f"installed:{model}")
+    from mvic.shared.codec import registry
+
+    def installed(model):  # stands for registry.default_weights: the weights installed with the package
+        return f"installed:{model}"
+
+    monkeypatch.setattr(registry, "default_weights", installed)
     path = tmp_path / "server.yaml"
     path.write_text("weights: /weights/mine.safetensors\n")
-    c = load_config(path, cli._overrides(cli.build_parser().parse_args([])))
-    assert app.weights_source(c) == Path("/weights/mine.safetensors")
-    c = load_config(path, cli._overrides(cli.build_parser().parse_args(["--weights=", "--model=ldmic-lite"])))
-    assert c.weights == "" and app.weights_source(c) == "installed:ldmic-lite"
+    c = load_config(path, cli.overrides(cli.build_parser().parse_args([])))
+    assert registry.weights_source(c.weights, c.model) == Path("/weights/mine.safetensors")  # what app loads
+    c = load_config(path, cli.overrides(cli.build_parser().parse_args(["--weights=", "--model=ldmic-lite"])))
+    assert c.weights == "" and registry.weights_source(c.weights, c.model) == "installed:ldmic-lite"
 
 
 @pytest.mark.parametrize("text, key", [
@@ -38,6 +46,8 @@ def test_empty_weights_flag_means_the_installed_weights(tmp_path, monkeypatch):
     ("device: gpu0\n", "device"),
     ("cameras: [C1, C1]\n", "cameras"),
     ("listen: nowhere\n", "listen"),
+    ("limits: {max_view_pixels: 100}\n", "limits.max_view_pixels: must be 4096.."),
+    ("limits: {max_set_pixels: 4096}\n", "limits.max_set_pixels: must be >= limits.max_view_pixels"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, key):
     path = tmp_path / "server.yaml"
@@ -46,17 +56,71 @@ def test_bad_config_names_the_key(tmp_path, text, key):
         load_config(path)
 
 
-def test_cli_validate_config(tmp_path, capsys):
+def test_cli_validate_config_prints_the_effective_config_as_yaml(tmp_path, capsys, tiny_weights):
     path = tmp_path / "server.yaml"
     path.write_text("grouping: {max_wait_ms: 100}\n")
-    assert cli.main(["--config", str(path), "--gpu", "1", "--camera", "C1", "--validate-config"]) == 0
-    out = capsys.readouterr().out
-    assert "device='cuda:1'" in out and "cameras=('C1',)" in out and "max_wait_ms=100.0" in out
+    weights = str(tiny_weights["test-tiny-fast"])
+    assert cli.main(["--config", str(path), "--gpu", "1", "--camera", "C1", "--model", "test-tiny-fast",
+                     "--weights", weights, "--set", "decode.workers=3", "--validate-config"]) == 0
+    captured = capsys.readouterr()
+    effective = yaml.safe_load(captured.out)
+    assert effective == to_dict(load_config(path, {"device": "cuda:1", "cameras": ["C1"], "model": "test-tiny-fast",
+                                                   "weights": weights, "decode.workers": 3}))
+    assert effective["device"] == "cuda:1" and effective["cameras"] == ["C1"]
+    assert effective["grouping"]["max_wait_ms"] == 100.0 and effective["decode"]["workers"] == 3
+    assert captured.err.startswith("mvic-server: configuration OK")
     path.write_text("grouping: {wait: 1}\n")
     assert cli.main(["--config", str(path), "--validate-config"]) == 2
-    assert "grouping.wait" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("mvic-server: configuration error: grouping.wait: unknown key")
 
 
-def test_cli_without_weights_says_what_to_do(tmp_path, caplog, no_installed_weights):
-    assert cli.main(["--model", "ldmic-fast-lite", "--out", str(tmp_path)]) == 1
-    assert "--weights" in caplog.text
+def test_set_reaches_every_key_and_named_flags_win(tmp_path):
+    args = cli.build_parser().parse_args(["--set", "grouping.max_wait_ms=500", "--set", "cameras=[C1, C2]",
+                                          "--set", "sinks.video=true", "--set", "device=cpu", "--gpu", "0"])
+    c = cli.config_from_args(args)
+    assert c.grouping.max_wait_ms == 500.0 and c.cameras == ("C1", "C2") and c.sinks.video
+    assert c.device == "cuda:0"  # the named flag wins over --set
+    bad_lines = [(["--set", "grouping.wait=1"], "grouping.wait"), (["--set", "decode.workers=two"], "decode.workers"),
+                 (["--set", "nokey"], "--set nokey"), (["--set", 'cameras=["C\\t1"]'], r"U\+0009")]
+    for bad, key in bad_lines:
+        with pytest.raises(ConfigError, match=key):
+            cli.config_from_args(cli.build_parser().parse_args(bad))
+
+
+def test_camera_list_follows_the_shared_id_rule(tmp_path):
+    shown_cut = r"cameras: camera id 'x{48}'…\(\+17 chars\) must be 1..64 .* \(it is 65 bytes\)"
+    with pytest.raises(ConfigError, match=shown_cut):
+        load_config(None, {"cameras": ["x" * 65]})
+    assert load_config(None, {"cameras": ["lobby east", "é" * 32]}).cameras == ("lobby east", "é" * 32)
+
+
+def test_cli_without_weights_says_what_to_do(tmp_path, capsys, no_installed_weights):
+    assert cli.main(["--model", "ldmic-fast-lite", "--out", str(tmp_path)]) == 2  # did not start
+    err = capsys.readouterr().err
+    assert err.startswith("mvic-server: configuration error: weights:") and "--weights" in err
+    assert cli.main(["--weights", str(tmp_path / "missing.safetensors"), "--validate-config"]) == 2
+    assert "is not a file" in capsys.readouterr().err
+
+
+def test_help_lists_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit status:" in out and "  0  " in out and "  1  " in out and "  2  " in out
+
+
+@pytest.mark.parametrize("key, value", [
+    ("admission.hello_timeout_s", 0), ("admission.idle_timeout_s", -1), ("admission.max_streams_per_peer", 0),
+    ("admission.max_capture_ahead_s", 0), ("admission.max_capture_age_s", -1), ("grouping.max_drops", -1),
+])
+def test_admission_limits_are_checked_by_key(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, {key: value})
+
+
+def test_admission_defaults_are_the_documented_ones():
+    """configs/server.yaml states the defaults of the bounded-admission keys; they must agree with the code."""
+    shipped = yaml.safe_load((Path(__file__).parents[2] / "configs" / "server.yaml").read_text())
+    c = load_config(None)
+    assert shipped["admission"] == to_dict(c)["admission"]
+    assert shipped["grouping"]["max_drops"] == c.grouping.max_drops

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import replace
 
 import cv2
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from mvic.fusion_server.decoder import DecodePipeline, GroupDecoder, resolve_device
 from mvic.fusion_server.errors import DecodeFailedError, MalformedPacketError, PacketModelMismatchError
 from mvic.fusion_server.metrics import ServerMetrics
-from mvic.fusion_server.records import DecodedFrame, ReceivedView, ViewGroup
+from mvic.fusion_server.records import DecodedFrame, ReceivedView, ViewSet
 from mvic.fusion_server.sinks import FrameSinks
 from mvic.shared.bitstream import unpack
 from mvic.shared.codec.registry import load_model
@@ -23,7 +24,7 @@ from mvic.shared.fileio import safe_name
 from tests.fusion_server.conftest import CAMERAS
 
 
-def _group(views, index: int, damage: str | None = None) -> ViewGroup:
+def _group(views, index: int, damage: str | None = None) -> ViewSet:
     received = []
     for cam in CAMERAS:
         seq, capture, bits = views[cam][index]
@@ -34,7 +35,7 @@ def _group(views, index: int, damage: str | None = None) -> ViewGroup:
                 stream[i] ^= 0x5A
             view = replace(view, streams=(bytes(stream),))
         received.append(ReceivedView(cam, "", seq, capture, 0, len(bits), view))
-    return ViewGroup("", received[0].capture_ns, tuple(received), 0.0, 0.0, True)
+    return ViewSet("", received[0].capture_ns, tuple(received), 0.0, 0.0, True)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,9 @@ def test_pipeline_batches_ready_groups_of_one_shape(weights, views):
         pipeline.start()
         try:
             futures = [pipeline.submit(g) for g in groups]
+            deadline = time.monotonic() + 30
             while _sample(registry, "mvic_server_decode_seconds_count", stage="entropy") < len(groups):
+                assert time.monotonic() < deadline, "entropy decoding did not finish within 30 s"
                 await asyncio.sleep(0.01)
             gate.set()
             return await asyncio.wait_for(asyncio.gather(*futures), 30)
@@ -131,7 +134,7 @@ def test_pipeline_batches_ready_groups_of_one_shape(weights, views):
     assert batches < len(groups) and _sample(registry, "mvic_server_decode_batch_groups_bucket", le="1.0") < batches
     assert _sample(registry, "mvic_server_decode_seconds_count", stage="synthesis") == batches
     for got, ref in zip(results, reference):
-        assert got.group is ref.group
+        assert got.view_set is ref.view_set
         assert [f.source for f in got.frames] == [f.source for f in ref.frames]
         # the same pixels as decoding each group alone, up to one level where batching changed a float sum
         assert all(_max_diff(a.image, b.image) <= 1 for a, b in zip(got.frames, ref.frames))

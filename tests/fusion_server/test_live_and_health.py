@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import urllib.request
 from dataclasses import replace
 
@@ -42,8 +43,10 @@ def test_health_is_not_serving_until_the_model_is_loaded(tmp_path, weights):
 
     srv = ServerThread(server_config(tmp_path / "out", weights), model_loader=slow_loader).start(wait_loaded=False)
     try:
+        deadline = time.monotonic() + 30
         while not srv.port:
-            threading.Event().wait(0.02)
+            assert time.monotonic() < deadline, "the gRPC port was not bound within 30 s"
+            time.sleep(0.02)
         with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             check = health_pb2.HealthCheckRequest
@@ -90,12 +93,18 @@ def test_live_endpoints(live_server):
     assert 0 < c1["bpp"] < 24 and c1["latency_s"] > 0 and (c1["width"], c1["height"]) == (96, 64)
     status, ctype, body = _get(base + "/cameras/C1.jpg")
     assert status == 200 and ctype == "image/jpeg" and body[:2] == b"\xff\xd8"
+    jpeg = body
+    with urllib.request.urlopen(urllib.request.Request(base + "/cameras/C1.jpg", method="HEAD"), timeout=10) as r:
+        assert r.status == 200 and int(r.headers["Content-Length"]) == len(jpeg) and r.read() == b""
     assert _get(base + "/cameras/C9.jpg")[0] == 404
+    for escape in ("/cameras/../cameras/C1.jpg", "/cameras/..%2FC1.jpg", "/cameras/%2E%2E/C1.jpg", "/../etc/passwd"):
+        assert _get(base + escape)[0] == 404, escape
     assert _get(base + "/healthz")[0] == 200
     status, _, body = _get(metrics + "/metrics")
     text = body.decode()
     assert 'mvic_server_frames_written_total{camera="C1"} 3.0' in text
     assert "mvic_server_decode_seconds_bucket" in text and "mvic_server_ack_latency_seconds_bucket" in text
+    assert 'mvic_server_http_connections_dropped_total{reason="timeout"} 0.0' in text
 
 
 def test_live_page_in_headless_chromium(live_server, tmp_path):

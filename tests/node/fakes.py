@@ -5,7 +5,9 @@ The fake server speaks mvic.v1 through the generated stubs only (never mvic.fusi
 Welcome carrying the highest sequence it "stored" for the camera, stores each ViewPacket, acks it cumulatively, and
 can be told to refuse cameras, reject given sequences, or lose packets (ack=False: they arrive but are never
 stored or acked, as when a server dies before writing them). Its ``Store`` outlives a server restart,
-like a server's output folder does.
+like a server's output folder does. A misbehaving server (issue 13) is told what to claim: ``welcome_acked`` (a
+Welcome "stored up to N" whatever it holds), ``ack_ahead`` (each Ack that many sequences above the packet it
+acknowledges), ``reject_ahead`` (a PacketError for the sequence that many above each packet received).
 """
 
 from __future__ import annotations
@@ -97,13 +99,18 @@ class Store:
 
 class FakeFusion(FusionServicer):
     def __init__(self, store: Store, *, refuse: tuple[grpc.StatusCode, str] | None = None,
-                 reject: set[int] = frozenset(), ack: bool = True, max_packet_bytes: int = 1 << 20, expect_model: tuple[int, bytes] | None = None):
+                 reject: set[int] = frozenset(), ack: bool = True, max_packet_bytes: int = 1 << 20,
+                 expect_model: tuple[int, bytes] | None = None, welcome_acked: int | None = None,
+                 ack_ahead: int = 0, reject_ahead: int = 0):
         self.store = store
         self.refuse = refuse
         self.reject = set(reject)
         self.ack = ack
         self.max_packet_bytes = max_packet_bytes
         self.expect_model = expect_model
+        self.welcome_acked = welcome_acked
+        self.ack_ahead = ack_ahead
+        self.reject_ahead = reject_ahead
 
     def Stream(self, request_iterator, context):
         first = next(request_iterator)
@@ -117,8 +124,8 @@ class FakeFusion(FusionServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "model mismatch: upgrade the node")
         cam = hello.camera_id
         stored = self.store.packets.setdefault(cam, {})
-        acked = self.store.acked(cam)
-        yield pb.ServerMessage(welcome=pb.Welcome(acked_sequence=acked, has_acked=bool(stored),
+        acked = self.store.acked(cam) if self.welcome_acked is None else self.welcome_acked
+        yield pb.ServerMessage(welcome=pb.Welcome(acked_sequence=acked, has_acked=bool(stored) or bool(acked),
                                                   max_packet_bytes=self.max_packet_bytes, server_version="fake"))
         for message in request_iterator:
             packet = message.packet
@@ -133,8 +140,11 @@ class FakeFusion(FusionServicer):
                 yield pb.ServerMessage(error=pb.PacketError(sequence=packet.sequence,
                                                             code=pb.ERROR_CODE_OUT_OF_ORDER, message="duplicate"))
                 continue
+            if self.reject_ahead:
+                yield pb.ServerMessage(error=pb.PacketError(sequence=packet.sequence + self.reject_ahead,
+                                                            code=pb.ERROR_CODE_MALFORMED, message="never sent"))
             stored[packet.sequence] = packet
-            yield pb.ServerMessage(ack=pb.Ack(acked_sequence=packet.sequence))
+            yield pb.ServerMessage(ack=pb.Ack(acked_sequence=packet.sequence + self.ack_ahead))
 
 
 class FakeServer:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from mvic.node.capture import Capture, resume_index, schedule_key
+from mvic.node.capture import Capture, CaptureSchedule, capture_schedule, resume_index
 from mvic.node.config import SourceConfig
 from mvic.node.handoff import FrameHandoff
 from mvic.node.metrics import NodeMetrics
@@ -146,13 +146,16 @@ def test_resumed_schedule_continues_index_timestamps_and_video_frames(tmp_path):
     assert capture.captured == 2 and capture.finished_naturally
 
 
-def test_schedule_key_only_for_explicit_schedules_of_finite_sources():
+def test_capture_schedule_only_for_explicit_schedules_of_finite_sources():
     config = SourceConfig(uri="cam1.mp4", fps=2.0, start_at_ns=5)
-    assert schedule_key(config, live=False) == {"uri": "cam1.mp4", "start_at_ns": 5, "fps": 2.0,
-                                                "file_timeline": "native"}
-    assert schedule_key(config, live=True) is None  # a live source has nothing to resume
-    assert schedule_key(SourceConfig(fps=2.0), live=False) is None  # start_at = node start: a new schedule
-    assert schedule_key(SourceConfig(fps=0, start_at_ns=5), live=False) is None  # no schedule at fps 0
+    schedule = capture_schedule(config, live=False)
+    assert schedule == CaptureSchedule("cam1.mp4", 5, 2.0, "native")
+    assert schedule.to_json() == {"uri": "cam1.mp4", "start_at_ns": 5, "fps": 2.0, "file_timeline": "native"}
+    assert CaptureSchedule.from_json(schedule.to_json()) == schedule  # as state.json keeps it
+    assert CaptureSchedule.from_json(None) is None and CaptureSchedule.from_json({"uri": "x"}) is None
+    assert capture_schedule(config, live=True) is None  # a live source has nothing to resume
+    assert capture_schedule(SourceConfig(fps=2.0), live=False) is None  # start_at = node start: a new schedule
+    assert capture_schedule(SourceConfig(fps=0, start_at_ns=5), live=False) is None  # no schedule at fps 0
     for fps in (2.0, 3.0, 29.97, 7.0):  # the inverse of the stamps start_at + round(i * 1e9 / fps)
         assert [resume_index(5 + round(i * 1e9 / fps), 5, fps) for i in range(1000)] == list(range(1, 1001))
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mvic.node.cli import build_parser, config_from_args, main, parse_bytes
-from mvic.node.config import ConfigError, NodeConfig, load_config
+from mvic.node.config import ConfigError, NodeConfig, load_config, to_dict
 
 
 def write(tmp_path, text: str):
@@ -39,8 +40,12 @@ def test_empty_weights_flag_means_the_installed_weights(tmp_path, monkeypatch):
     """--weights= (docker-compose passes it when MVIC_WEIGHTS is unset) selects the installed weights of --model,
     even over a file named in the YAML."""
     from mvic.node import encoder
+    from mvic.shared.codec import registry
 
-    monkeypatch.setattr(encoder, "default_weights", lambda model: f"installed:{model}")
+    def installed(model):  # stands for registry.default_weights: the weights installed with the package
+        return f"installed:{model}"
+
+    monkeypatch.setattr(registry, "default_weights", installed)
     monkeypatch.setattr(encoder, "load_model", lambda source, model=None: source)
     path = write(tmp_path, "camera: C1\nencode: {weights: /weights/mine.safetensors}\n")
     config = config_from_args(build_parser().parse_args(["--config", str(path)]))
@@ -74,15 +79,52 @@ def test_errors_name_the_key_path(tmp_path, text, key):
 
 def test_validate_config_ok_and_bad(tmp_path, tiny_weights, capsys):
     good = write(tmp_path, "camera: C1\nsource: {synthetic: {height: 64, width: 64}}\n")
-    assert main(["--config", str(good), "--weights", str(tiny_weights["test-tiny-fast"]), "--validate-config"]) == 0
-    out = capsys.readouterr().out
-    assert "camera: C1" in out and "height: 64" in out
+    weights = str(tiny_weights["test-tiny-fast"])
+    assert main(["--config", str(good), "--weights", weights, "--validate-config"]) == 0
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out) == to_dict(load_config(good, {"encode.weights": weights}))
+    assert captured.err.startswith("mvic-node: configuration OK")
     assert main(["--config", str(good), "--weights", str(tmp_path / "missing.safetensors"),
                  "--validate-config"]) == 2
     assert "encode.weights" in capsys.readouterr().err
     assert main(["--camera", "lobby", "--weights", str(tiny_weights["test-tiny-fast"]), "--validate-config"]) == 2
     assert "source.uri" in capsys.readouterr().err  # 'lobby' has no synthetic view: --source is needed
     assert main(["--camera", "C1", "--source", str(tmp_path / "nothing"), "--validate-config"]) == 2
+    assert capsys.readouterr().err.startswith("mvic-node: configuration error: source.uri:")
+
+
+def test_set_reaches_every_key_and_named_flags_win(tmp_path):
+    path = write(tmp_path, "camera: C1\nlink: {max_in_flight: 8}\n")
+    args = build_parser().parse_args(["--config", str(path), "--set", "link.max_in_flight=16",
+                                      "--set", "source.synthetic.height=64", "--set", "group=",
+                                      "--set", "encode.rate=1", "--rate", "3"])
+    config = config_from_args(args)
+    assert config.link.max_in_flight == 16 and config.source.synthetic.height == 64 and config.group == ""
+    assert config.encode.rate == 3  # the named flag wins over --set, which wins over the file
+    with pytest.raises(ConfigError, match="^link.max_in_flite: unknown key"):
+        config_from_args(build_parser().parse_args(["--camera", "C1", "--set", "link.max_in_flite=1"]))
+    with pytest.raises(ConfigError, match="null"):
+        config_from_args(build_parser().parse_args(["--camera", "C1", "--set", "group=~"]))
+
+
+@pytest.mark.parametrize("camera", ["lobby east", "a/b", "é" * 32])
+def test_any_id_the_server_accepts_is_a_valid_camera(camera):
+    """One id rule (mvic.shared.ids) on both ends: the node no longer refuses '/' (its spool folder is a safe
+    name of the id), and refuses exactly what the server would."""
+    assert load_config(None, {"camera": camera}).camera == camera
+
+
+@pytest.mark.parametrize("camera", ["", "C\n1", "x" * 65])
+def test_camera_ids_outside_the_shared_rule_are_refused(camera):
+    with pytest.raises(ConfigError, match="^camera: camera id .* must be 1..64 printable UTF-8 bytes .*--camera"):
+        load_config(None, {"camera": camera})
+
+
+def test_help_lists_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit status:" in out and "  0  " in out and "  1  " in out and "  2  " in out
 
 
 def test_parse_bytes():
@@ -90,3 +132,22 @@ def test_parse_bytes():
     assert parse_bytes("256M") == 256 << 20
     assert parse_bytes("1GiB") == 1 << 30
     assert parse_bytes("4k") == 4096
+
+
+def test_the_default_model_has_one_home():
+    """mvic.shared.model_table.DEFAULT_MODEL is imported, never re-typed, by the node, the server's config and CLI,
+    and the demo (docstrings may name it)."""
+    import ast
+
+    from mvic.shared.model_table import DEFAULT_MODEL
+
+    root = Path(__file__).resolve().parents[2]
+    files = [*(root / "node").glob("*.py"), *(root / "fusion_server").glob("*.py"), root / "tools" / "demo.py"]
+    for path in files:
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                      and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        literals = [node.value for node in ast.walk(tree)
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+        assert not [text for text in literals if DEFAULT_MODEL in text], f"{path.name} re-types {DEFAULT_MODEL}"

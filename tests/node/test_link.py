@@ -115,9 +115,13 @@ def test_welcome_resumes_above_the_servers_acked_sequence(tmp_path):
         with Harness(tmp_path, srv.target) as h:
             h.add(2)
             assert wait_for(lambda: h.spool.pending == 0)
-        # the node crashed after the server stored 1..2 but before the acks reached it: simulate with a copy
+        # the node crashed after the server stored 1..2 but before the acks reached it: simulate with a copy whose
+        # packets 1..4 were spooled by an earlier run (which may have sent them), 1 and 2 stored at the server
+        early = Harness(tmp_path / "other", srv.target)
+        early.add(4)
+        early.spool.close()
         h2 = Harness(tmp_path / "other", srv.target)
-        h2.add(4)  # sequences 1..4, 1 and 2 already stored at the server
+        assert h2.spool.sequences() == [1, 2, 3, 4]
         with h2:
             assert wait_for(lambda: h2.spool.pending == 0)
         assert [s for _, s in store.received] == [1, 2, 3, 4]  # 1 and 2 were not sent again
@@ -183,5 +187,62 @@ def test_refusal_is_an_error_with_advice_and_retried_slowly(tmp_path, caplog, co
             assert wait_for(lambda: h.spool.pending == 0, timeout=10)
         gaps = [b - a for a, b in zip(srv.store.hello_times, srv.store.hello_times[1:])]
         assert gaps and min(gaps) >= 0.8 * FAST.refused_backoff_s - 0.01  # slow retries, not a tight loop
+    finally:
+        srv.stop()
+
+
+# ------------------------------------------------------------------------ issue 13: implausible server replies
+def test_a_welcome_claiming_more_than_was_sent_is_refused_and_the_spool_kept(tmp_path, caplog):
+    """A server whose Welcome says "stored up to 2**64-1" used to make the node renumber to 2**64, drop every frame
+    and delete spooled packets it never received. Now the Welcome is refused like a refusal, nothing changes."""
+    srv = FakeServer(welcome_acked=2**64 - 1).start()
+    try:
+        with caplog.at_level(logging.ERROR), Harness(tmp_path, srv.target) as h:
+            h.add(3)
+            assert wait_for(lambda: h.metrics.value("mvic_node_connection_state", state="refused") == 1)
+            assert wait_for(lambda: len(srv.store.hellos) >= 2)  # retried after refused_backoff_s, refused again
+            assert h.spool.sequences() == [1, 2, 3] and len(list(h.spool.folder.glob("*.mvic"))) == 3
+            assert h.spool.last_sequence == 3 and h.spool.acked_sequence == 0  # numbering untouched
+            assert srv.store.received == []  # nothing was sent into a server that claims the impossible
+            assert h.metrics.value("mvic_node_implausible_replies_total", kind="welcome") >= 2
+            assert h.metrics.dropped_count() == 0
+            assert f"up to sequence {2**64 - 1}, but this node has sent only up to 0" in caplog.text
+            assert "--camera" in caplog.text  # what to do
+            srv.stop()
+            srv.start(welcome_acked=None)  # a sane server: everything is delivered
+            assert wait_for(lambda: h.spool.pending == 0, timeout=10)
+        assert sorted(srv.store.packets["C1"]) == [1, 2, 3]
+        assert h.spool.next_sequence() == 4
+    finally:
+        srv.stop()
+
+
+def test_an_ack_above_the_highest_sent_sequence_deletes_nothing(tmp_path, caplog):
+    """One packet in flight; the server acks two above it. That used to delete packets 2 and 3 unsent; now the ack
+    is refused (counted, logged at most every 10 s), the stream reset, and every packet reaches the server."""
+    srv = FakeServer(ack_ahead=2).start()
+    try:
+        config = LinkConfig(**{**FAST.__dict__, "max_in_flight": 1})
+        with caplog.at_level(logging.ERROR), Harness(tmp_path, srv.target, config) as h:
+            h.add(3)
+            assert wait_for(lambda: sorted(srv.store.packets.get("C1", {})) == [1, 2, 3], timeout=15)
+            assert wait_for(lambda: h.spool.pending == 0, timeout=10)  # each Welcome (plausible) acks what was sent
+        refused = h.metrics.value("mvic_node_implausible_replies_total", kind="ack")
+        assert refused >= 2 and h.metrics.dropped_count() == 0
+        assert 1 <= caplog.text.count("implausible reply from server") < refused  # bounded: a line per 10 s
+    finally:
+        srv.stop()
+
+
+def test_a_packet_error_for_an_unsent_sequence_is_ignored(tmp_path):
+    srv = FakeServer(reject_ahead=1).start()  # with each packet's ack, a PacketError for the next one
+    try:
+        config = LinkConfig(**{**FAST.__dict__, "max_in_flight": 1})
+        with Harness(tmp_path, srv.target, config) as h:
+            h.add(3)
+            assert wait_for(lambda: h.spool.pending == 0)
+        assert sorted(srv.store.packets["C1"]) == [1, 2, 3]  # packets 2 and 3 were not discarded before sending
+        assert h.metrics.dropped_count("rejected") == 0
+        assert h.metrics.value("mvic_node_implausible_replies_total", kind="packet_error") >= 2
     finally:
         srv.stop()

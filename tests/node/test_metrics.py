@@ -23,7 +23,7 @@ def test_names_units_and_labels():
     for family in families:
         assert family.name.startswith("mvic_node_"), family.name
         for sample in family.samples:
-            assert set(sample.labels) <= {"camera", "reason", "code", "state", "le"}, sample
+            assert set(sample.labels) <= {"camera", "reason", "code", "state", "kind", "le"}, sample
     assert 'mvic_node_frames_dropped_total{camera="C1",reason="spool_full"} 2.0' in text
     assert 'mvic_node_connection_state{camera="C1",state="connected"} 1.0' in text
     assert "mvic_node_encode_seconds_bucket" in text and "mvic_node_spool_bytes" in text

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from dataclasses import replace
 
 import pytest
 
+from mvic.node.capture import CaptureSchedule
+from mvic.node.errors import ImplausibleAckError, NodeError
 from mvic.node.metrics import NodeMetrics
 from mvic.node.spool import Spool, SpoolError
 from mvic.shared.bitstream import ViewBitstream, ViewHeader, pack
@@ -26,11 +30,14 @@ def open_spool(tmp_path, max_bytes=1 << 20, when_full="drop-oldest", keep=None, 
     return spool
 
 
-def fill(spool: Spool, n: int, size: int = 1000) -> list[int]:
+def fill(spool: Spool, n: int, size: int = 1000, sent: bool = True) -> list[int]:
+    """Spool ``n`` packets; ``sent``: and mark them sent, as the link does before handing them to gRPC."""
     seqs = []
     for _ in range(n):
         seq = spool.next_sequence()
         assert spool.put(seq, 1_000_000 + seq, packet(seq, size), threading.Event())
+        if sent:
+            spool.mark_sent(seq)
         seqs.append(seq)
     return seqs
 
@@ -38,10 +45,20 @@ def fill(spool: Spool, n: int, size: int = 1000) -> list[int]:
 def test_sequences_start_at_one_and_packets_are_read_back(tmp_path):
     spool = open_spool(tmp_path)
     assert fill(spool, 3) == [1, 2, 3]
-    assert spool.wait_after(0, 0).sequence == 1 and spool.wait_after(2, 0).sequence == 3
-    assert spool.wait_after(3, 0.01) is None
+    assert spool.next_after(0).sequence == 1 and spool.next_after(2).sequence == 3
+    assert spool.next_after(3) is None
     assert spool.read(2) == packet(2)
     assert spool.count_through(2) == 2
+
+
+def test_listeners_hear_of_every_change(tmp_path):
+    spool = open_spool(tmp_path)
+    heard = []
+    spool.add_listener(lambda: heard.append(spool.sequences()))
+    fill(spool, 2)
+    spool.ack(1)
+    spool.discard(2, "rejected")
+    assert heard == [[1], [1, 2], [2], []]
 
 
 def test_cumulative_ack_and_reject_delete_files(tmp_path):
@@ -86,7 +103,7 @@ def test_numbering_continues_after_a_crash_without_close(tmp_path):
     assert again.next_sequence() == 4
 
 
-SCHEDULE = {"uri": "cam1.mp4", "start_at_ns": 1_000_000, "fps": 2.0, "file_timeline": "native"}
+SCHEDULE = CaptureSchedule("cam1.mp4", 1_000_000, 2.0, "native")
 
 
 def crash(spool: Spool) -> None:
@@ -104,10 +121,10 @@ def test_capture_position_survives_restarts_for_the_same_schedule_only(tmp_path)
     assert again.resumed_capture_ns == 1_000_003 and again.sequences() == [1, 2, 3]
     again.ack(3)  # every packet deleted: state.json still holds the capture time
     crash(again)
-    third = open_spool(tmp_path, schedule=dict(SCHEDULE))
+    third = open_spool(tmp_path, schedule=CaptureSchedule(**SCHEDULE.to_json()))
     assert third.resumed_capture_ns == 1_000_003 and third.next_sequence() == 4
     third.close()
-    for other in ({**SCHEDULE, "start_at_ns": 7}, {**SCHEDULE, "uri": "cam2.mp4"}, None):
+    for other in (replace(SCHEDULE, start_at_ns=7), replace(SCHEDULE, uri="cam2.mp4"), None):
         moved = open_spool(tmp_path, schedule=other)
         assert moved.resumed_capture_ns is None, other
         moved.close()
@@ -126,7 +143,7 @@ def test_capture_position_of_packets_spooled_just_before_a_crash(tmp_path):
 
 
 def test_packets_of_an_earlier_schedule_do_not_count(tmp_path):
-    spool = open_spool(tmp_path, schedule={**SCHEDULE, "start_at_ns": 9})
+    spool = open_spool(tmp_path, schedule=replace(SCHEDULE, start_at_ns=9))
     fill(spool, 2)  # unacked, left in the spool
     spool.close()
     new = open_spool(tmp_path, schedule=SCHEDULE)
@@ -188,12 +205,56 @@ def test_restart_drops_corrupt_and_stale_model_packets(tmp_path):
     assert again.next_sequence() == 5  # numbers of deleted packets are not reused
 
 
-def test_server_welcome_ahead_of_the_node_moves_numbering(tmp_path):
+def test_an_ack_above_what_was_sent_deletes_nothing_and_does_not_renumber(tmp_path):
+    """Issue 13: a server claiming more than the node sent (here "stored up to 2**64-1") must not delete spooled
+    packets it never received, nor move the numbering (the old server_acked renumbered to 2**64)."""
+    spool = open_spool(tmp_path)
+    fill(spool, 3, sent=False)
+    assert spool.sent_sequence == 0  # nothing handed to the link yet
+    with pytest.raises(ImplausibleAckError) as info:
+        spool.ack(2**64 - 1)
+    assert isinstance(info.value, NodeError) and (info.value.acked, info.value.sent) == (2**64 - 1, 0)
+    assert "nothing was deleted" in str(info.value) and "--camera" in str(info.value)
+    assert spool.sequences() == [1, 2, 3] and spool.acked_sequence == 0
+    assert len(list(spool.folder.glob("*.mvic"))) == 3
+    spool.mark_sent(1)
+    spool.mark_sent(2)
+    with pytest.raises(ImplausibleAckError):
+        spool.ack(3)  # packet 3 is spooled but was never sent
+    assert [p.sequence for p in spool.ack(2)] == [1, 2]  # what was sent can be acked
+    assert spool.next_sequence() == 4  # numbering untouched
+    spool.close()
+    assert json.loads((spool.folder / "state.json").read_text())["last_sequence"] == 4
+
+
+def test_after_a_restart_every_earlier_number_may_have_been_sent(tmp_path):
+    spool = open_spool(tmp_path)
+    fill(spool, 3, sent=False)  # a previous run may have sent all three before it died
+    crash(spool)
+    again = open_spool(tmp_path)
+    assert again.sent_sequence == 3
+    assert [p.sequence for p in again.ack(3)] == [1, 2, 3]  # the server's Welcome covering them is plausible
+    with pytest.raises(ImplausibleAckError):
+        again.ack(4)
+
+
+def test_a_state_file_of_another_camera_stops_the_node_before_deleting_anything(tmp_path):
     spool = open_spool(tmp_path)
     fill(spool, 2)
-    removed = spool.server_acked(10)
-    assert [p.sequence for p in removed] == [1, 2]
-    assert spool.next_sequence() == 11
+    spool.close()
+    state = json.loads((spool.folder / "state.json").read_text())
+    (spool.folder / "state.json").write_text(json.dumps({**state, "camera": "C9"}))
+    with pytest.raises(SpoolError, match="another --spool"):
+        open_spool(tmp_path)
+    assert len(list(spool.folder.glob("*.mvic"))) == 2
+    (spool.folder / "state.json").write_text(json.dumps(state))
+    assert open_spool(tmp_path).sequences() == [1, 2]  # the lock was released by the failed open
+
+
+def test_the_folder_is_a_safe_name_of_the_camera_id(tmp_path):
+    spool = Spool(tmp_path / "spool", "../lobby east", 1 << 20, "drop-oldest", NodeMetrics("C1"))
+    assert spool.folder == tmp_path / "spool" / "_.._lobby_east"
+    assert Spool(tmp_path / "spool", "C1", 1 << 20, "drop-oldest", NodeMetrics("C1")).folder.name == "C1"
 
 
 def test_second_node_on_the_same_spool_is_refused(tmp_path):

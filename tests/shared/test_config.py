@@ -6,7 +6,22 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mvic.shared.config import build, read_yaml, set_dotted, to_dict
+import argparse
+
+import yaml
+
+from mvic.shared.config import (
+    EXIT_CONFIG,
+    add_config_arguments,
+    build,
+    dump_yaml,
+    exit_status_epilog,
+    overrides,
+    parse_settings,
+    read_yaml,
+    set_dotted,
+    to_dict,
+)
 from mvic.shared.errors import ConfigError
 
 
@@ -55,3 +70,32 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
     path.write_text("count: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         read_yaml(path)
+
+
+def test_set_values_are_yaml_and_key_equals_nothing_is_an_empty_string():
+    assert parse_settings(["a.b=10", "c=[x, y]", "d=true", "e=", "f=1e-4", "g=text with spaces"]) == {
+        "a.b": 10, "c": ["x", "y"], "d": True, "e": "", "f": "1e-4", "g": "text with spaces"}
+    for bad, words in (["novalue"], "expected KEY=VALUE"), (["=3"], "expected KEY=VALUE"), \
+                      (["a=[1, 2"], "not valid YAML"), (["a=~"], "null"):
+        with pytest.raises(ConfigError, match=words):
+            parse_settings(bad)
+
+
+def test_the_command_line_dialect_file_then_set_then_named_flags(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, "x.yaml")
+    parser.add_argument("--count", type=int)
+    path = tmp_path / "x.yaml"
+    path.write_text("count: 2\ninner: {rate: 0.5}\n")
+    args = parser.parse_args(["--config", str(path), "--set", "inner.name=n", "--set", "count=5", "--count", "7"])
+    raw = set_dotted(read_yaml(args.config), overrides(args, {"count": "count"}))
+    config = build(Outer, raw)
+    assert config == Outer(7, False, Inner(0.5, "n"))  # the named flag wins over --set, --set over the file
+    assert yaml.safe_load(dump_yaml(config)) == to_dict(config) and dump_yaml(config).startswith("count: 7")
+    assert not parser.parse_args([]).validate_config
+
+
+def test_exit_statuses_read_the_same_in_every_program():
+    text = exit_status_epilog(failed="it crashed", unusable="a port in use")
+    assert text.splitlines()[0] == "exit status:" and "  1  it crashed" in text and "or a port in use" in text
+    assert f"  {EXIT_CONFIG}  did not start" in text

@@ -24,3 +24,15 @@ def test_failed_write_keeps_old_content_and_says_what_to_do(tmp_path, monkeypatc
     with pytest.raises(OSError, match="free space"):
         write_atomic(target, b"new", durable=True)
     assert target.read_bytes() == b"old" and not (tmp_path / "f.bin.part").exists()
+
+
+def test_one_atomic_writer():
+    """The node's spool and the server's sinks and ack journal write through write_atomic; nobody else fsyncs."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for folder in ("node", "fusion_server", "shared"):
+        for path in (root / folder).rglob("*.py"):
+            if path.name != "fileio.py":
+                assert "fsync(" not in path.read_text(), f"{path} writes files durably on its own"
+    assert "write_atomic(" in (root / "node" / "spool.py").read_text()

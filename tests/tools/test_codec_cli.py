@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
+import pytest
 
 from mvic.tools.codec_cli import main
 from tests.conftest import random_image
+
+GOLDEN = Path(__file__).resolve().parents[1] / "shared" / "codec" / "golden" / "test-tiny-fast.mvic"
+
+# mvic-codec in a fresh interpreter: its exit status, its output, and (last line of stderr) the heavy modules it loaded.
+_FRESH = """
+import sys
+from mvic.tools.codec_cli import main
+try:
+    status = main(sys.argv[1:])
+except SystemExit as exc:
+    status = exc.code
+print("loaded:", ",".join(m for m in ("compressai", "cv2", "torch") if m in sys.modules) or "-", file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def _fresh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _FRESH, *args], capture_output=True, text=True, timeout=300)
 
 
 def test_encode_info_decode(tiny_weights, tmp_path, capsys):
@@ -123,3 +146,30 @@ def test_the_default_model_is_one_whose_weights_ship(tmp_path, capsys):
     assert main(["info", str(tmp_path / "a.mvic")]) == 0
     assert "ldmic-fast-lite" in capsys.readouterr().out
     assert main(["decode", str(tmp_path / "a.mvic"), "-o", str(tmp_path / "dec")]) == 0
+
+
+@pytest.mark.parametrize("args", [["--help"], ["encode", "--help"], ["info", str(GOLDEN)]])
+def test_commands_that_need_no_model_load_neither_torch_nor_compressai(args):
+    done = _fresh(*args)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "loaded: -\n"  # and nothing else: no warning before the command's own output
+    if args[0] == "info":
+        assert "model test-tiny-fast (id 0xf001)" in done.stdout and "camera C7" in done.stdout
+
+
+def test_a_command_that_runs_the_model_prints_no_import_warning(tiny_weights, tmp_path):
+    png = tmp_path / "a.png"
+    cv2.imwrite(str(png), random_image(np.random.default_rng(5), 64, 64))
+    done = _fresh("encode", str(png), "-o", str(tmp_path / "a.mvic"), "--model", "test-tiny-fast",
+                  "--weights", str(tiny_weights["test-tiny-fast"]))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "loaded: compressai,cv2,torch\n"  # compressai's torch.jit.script FutureWarning is gone
+    assert "bpp" in done.stdout
+
+
+def test_an_unknown_model_is_a_usage_error_naming_the_known_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["encode", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.mvic"), "--model", "ldmic-huge"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --model: unknown model 'ldmic-huge'; choose one of: ldmic-fast, ldmic, ldmic-fast-lite" in err

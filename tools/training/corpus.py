@@ -44,7 +44,6 @@ JPEG_QUALITY = 95
 GREY_THRESHOLD = 4.0  # mean |R-G| + |G-B| in 8-bit levels below which a photo counts as near-grey
 DHASH_DISTANCE = 20  # of 256 bits: at or below, two photos are the same picture
 DEFAULT_CACHE = Path.home() / ".cache" / "mvic" / "corpus"
-PHOTO_SUFFIXES = ("*.jpg", "*.JPG", "*.jpeg", "*.png")
 
 
 class CorpusError(RuntimeError):

@@ -2,6 +2,7 @@
 
     mvic-train --config cfg.yaml --run runs/lite [--max-minutes 30] [--device cuda]   # trains or resumes
     mvic-train --run runs/lite --export weights.safetensors                          # shipped-weights file
+    mvic-train --config configs/ldmic-from-compressai.yaml --run runs/paper --device cuda   # from CompressAI's mbt2018
 
 Loss (paper Sec. 3.3, with all rate points at once): for each group b with rate index q_b,
 lambda_{q_b} * D_b + R_b, where D_b is the MSE over its views (or 1 - MS-SSIM, lambda / 32), R_b the bits of all its
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from mvic.shared.codec.model import LDMIC, RDOutput
 from mvic.shared.codec.registry import export_weights
 from mvic.shared.config import to_dict
+from mvic.shared.errors import ConfigError, WeightsError
 from mvic.shared.model_table import spec_by_name
 from mvic.tools.training.checkpoint import (
     PIECES_INDEX,
@@ -36,6 +38,7 @@ from mvic.tools.training.checkpoint import (
     save_checkpoint,
     save_pieces,
 )
+from mvic.tools.training.compressai_init import init_from_compressai, parse_source
 from mvic.tools.training.config import RunConfig, load_config
 from mvic.tools.training.data import BatchStream, GroupBatcher, MixedBatcher
 from mvic.tools.training.ema import WeightsEMA
@@ -134,6 +137,19 @@ def init_weights(model: LDMIC, source: Path) -> None:
     model.load_state_dict(taken, strict=True)
 
 
+def start_from(model: LDMIC, init_from: str, lambdas: tuple[float, ...], progress: bool = True) -> None:
+    """``init_from``: MVIC weights (``init_weights``) or a CompressAI source such as ``compressai:mbt2018:4``
+    (``compressai_init``: the single-image model mapped onto ours, the rate point nearest its lambda coding like it)."""
+    source = parse_source(init_from)
+    if source is None:
+        init_weights(model, Path(init_from))
+        return
+    done = init_from_compressai(model, source, lambdas, progress)
+    print(f"init_from {source}: {done.mapped} tensors mapped; rate point {done.rate_index} (lambda "
+          f"{lambdas[done.rate_index]:g}) starts as {source.architecture} quality {source.quality} (lambda "
+          f"{done.lambda_source:.0f}), both JCTs as the identity", file=sys.stderr)
+
+
 def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float | None = None,
           progress: bool = True, stop_at: float | None = None) -> int:
     """Train until optim.max_steps or the time budget; checkpoints in run_dir. Returns the last step.
@@ -150,8 +166,9 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     spec = spec_by_name(cfg.model)
     model = LDMIC(spec)
     resuming = (run_dir / "checkpoint.json").is_file()
+    rate_lambdas = training_lambdas(cfg, spec.num_rates, spec.lambdas)
     if cfg.init_from and not resuming:
-        init_weights(model, Path(cfg.init_from))
+        start_from(model, cfg.init_from, rate_lambdas, progress)
     model = model.to(device).train()
     if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -164,7 +181,7 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     ema = WeightsEMA(model, cfg.optim.ema) if cfg.optim.ema else None
     step = load_checkpoint(run_dir, model, optimizers, ema) if resuming else 0
     batches = make_batches(cfg, spec.num_rates, seed=cfg.seed + step)
-    lambdas = torch.tensor(training_lambdas(cfg, spec.num_rates, spec.lambdas), device=device)
+    lambdas = torch.tensor(rate_lambdas, device=device)
     amp = use_bf16(cfg.optim.amp, device)
     if stop_at is not None:
         max_minutes = min(max_minutes or math.inf, max(0.0, stop_at - time.time()) / 60)
@@ -276,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run folder: checkpoint, log.csv (resumed if present)")
     p.add_argument("--config", type=Path, help="YAML config (defaults: RunConfig in config.py)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--init-from", type=Path, metavar="WEIGHTS",
-                   help="start a new run from these weights (file, pieces folder or run folder); overrides init_from")
+    p.add_argument("--init-from", metavar="WEIGHTS",
+                   help="start a new run from these weights (file, pieces folder or run folder, or a CompressAI "
+                        "source: compressai:mbt2018:4, a zoo .pth.tar); overrides init_from")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
     p.add_argument("--stop-at", type=float, metavar="UNIX_TIME",
                    help="stop (with a checkpoint) at this moment, start-up included (e.g. $(( $(date +%%s) + 480 )))")
@@ -308,11 +326,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvic-train: config error: {exc}", file=sys.stderr)
         return 2
     if args.init_from:
-        cfg = replace(cfg, init_from=str(args.init_from))
+        cfg = replace(cfg, init_from=args.init_from)
+    try:
+        parse_source(cfg.init_from)  # a malformed CompressAI source fails here, before any data is read
+    except ConfigError as exc:
+        print(f"mvic-train: config error: {exc}", file=sys.stderr)
+        return 2
     if args.validate_config:
         print("config ok")
         return 0
-    step = train(cfg, args.run, args.device, args.max_minutes, progress=not args.quiet, stop_at=args.stop_at)
+    try:
+        step = train(cfg, args.run, args.device, args.max_minutes, progress=not args.quiet, stop_at=args.stop_at)
+    except WeightsError as exc:  # init_from that cannot be used: missing, unreachable, of other shapes
+        print(f"mvic-train: {exc}", file=sys.stderr)
+        return 2
     print(f"stopped at step {step}; checkpoint in {args.run}")
     return 0
 

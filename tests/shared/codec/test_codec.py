@@ -27,7 +27,7 @@ def test_decoded_latents_equal_the_encoders(codec_pair):
         with torch.no_grad(), exact_mode():
             y = enc.g_a(x[0]) * RateGains.pick(enc.gains.y_gain, r)
             z = enc.h_a(y) * RateGains.pick(enc.gains.z_gain, r)
-            lat = enc._code_latents(y, z, r, CodingSession(1), ExactOptions())
+            lat = enc.latent_codec.code(y, z, r, CodingSession(1), ExactOptions())
         assert torch.equal(dec.decode_latents([view])[0], lat.y_hat_fx[0])
         assert len(set(dec.decode_latents([view]).flatten().tolist())) > 20  # real, varied symbols
 

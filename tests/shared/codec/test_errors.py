@@ -10,8 +10,10 @@ import torch
 
 from mvic.shared.bitstream import ViewBitstream, pack, unpack
 from mvic.shared.codec.model import LDMIC
-from mvic.shared.codec.registry import export_weights, load_model
+from mvic.shared.codec.registry import default_weights, export_weights, load_model
 from mvic.shared.errors import (
+    BitstreamError,
+    ConfigError,
     CorruptBitstreamError,
     DesyncError,
     GroupError,
@@ -98,3 +100,28 @@ def test_empty_group(fast):
 def test_model_without_identity_cannot_encode():
     with pytest.raises(WeightsError, match="load it with"):
         LDMIC(spec_by_name("test-tiny-fast")).compress_view(np.zeros((64, 64, 3), np.uint8), 0)
+
+
+def test_a_damaged_stream_says_it_may_be_damaged(fast):
+    view = _view(fast)
+    stream = bytearray(view.streams[0])
+    for i in range(4, len(stream), 7):
+        stream[i] ^= 0x5A
+    with pytest.raises(DesyncError, match="damaged"):  # caught by the rANS decoder or by the symbol CRC
+        fast.decompress([ViewBitstream(view.header, (bytes(stream),))])
+    crc_off = ViewBitstream(dataclasses.replace(view.header, symbol_crc=view.header.symbol_crc ^ 1), view.streams)
+    with pytest.raises(DesyncError) as err:  # decodes, but not to the symbols the encoder coded
+        fast.decompress([crc_off])
+    message = str(err.value)
+    assert "C3#9" in message and "damaged" in message and "re-encode" in message
+    assert "the weights file the views were encoded with" in message and "drop these and decode the rest" in message
+
+
+def test_an_unknown_model_name_is_a_configuration_error(tiny_weights):
+    with pytest.raises(ConfigError, match="unknown model 'ldmic-huge'; choose one of: ldmic-fast, "):
+        spec_by_name("ldmic-huge")
+    with pytest.raises(ConfigError, match="unknown model 'ldmic-huge'"):
+        default_weights("ldmic-huge")
+    with pytest.raises(ConfigError, match="unknown model 'ldmic-huge'"):
+        load_model(tiny_weights["test-tiny-fast"], model="ldmic-huge")
+    assert not issubclass(ConfigError, BitstreamError)

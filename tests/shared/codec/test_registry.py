@@ -98,3 +98,22 @@ def test_fp16_kernels_halve_the_file_and_code_like_the_file(tmp_path):
     reference = registry.load_model(full).decompress([registry.load_model(full).compress_view(image, 2)])[0]
     halved = loaded.decompress([view])[0]
     assert np.abs(reference.image.astype(int) - halved.image.astype(int)).mean() < 1.0  # float16 kernels cost ~nothing
+
+
+def test_the_records_and_the_compatibility_rule_need_no_torch():
+    """--validate-config asks the registry which weights are installed, and must not wait for torch to load."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mvic.shared.codec, mvic.shared.codec.compat, mvic.shared.codec.registry as r; "
+            "r.default_weights('ldmic-fast-lite'); "
+            "print(sorted(m for m in ('torch', 'compressai') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
+
+
+def test_weights_source_is_the_named_file_or_the_installed_weights(tmp_path):
+    assert registry.weights_source(str(tmp_path / "w.safetensors"), "test-tiny-ar") == tmp_path / "w.safetensors"
+    assert registry.weights_source("", "ldmic-fast-lite") == registry.default_weights("ldmic-fast-lite")
+    with pytest.raises(NoTrainedWeightsError):
+        registry.weights_source(None, "test-tiny-ar")
