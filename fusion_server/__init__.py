@@ -2,6 +2,9 @@
 
 One frame's path, module by module:
 
+    tls.py        mutual TLS on the gRPC port: server certificate and camera CA, re-read when they change
+    peer.py       who the stream is: address and certificate identity (the URI SAN must name the Hello's camera),
+                  revocations, which stream may replace a camera's open one
     admission.py  bounded admission: streams per client address, the capture-time window, cameras that keep
                   dropping (the Hello and idle deadlines are enforced by the servicer and the core)
     servicer.py   Fusion.Stream: Hello -> core.connect -> Welcome; ViewPackets -> core.receive   (the only gRPC code,

@@ -1,9 +1,10 @@
 """The orchestrator: one start order, the reverse stop order, one stop event from ``main``.
 
-Start: metrics endpoint -> core (ack book and its journal, sink and timeout tasks) -> gRPC server with health
-NOT_SERVING -> live page -> model load (on a thread; plus a CPU copy for the entropy workers when decoding on a GPU)
--> decode pipeline; health turns SERVING and streams are taken once it is in memory. A damaged ack journal stops the
-start with ``errors.AckJournalError``, which ``mvic-server`` reports in one line.
+Start: metrics endpoint -> core (ack book and its journal, sink and timeout tasks) -> gRPC server (mutual TLS with
+``tls``; plaintext on loopback, or anywhere with ``insecure``: a WARNING) with health NOT_SERVING -> live page ->
+model load (on a thread; plus a CPU copy for the entropy workers when decoding on a GPU) -> decode pipeline; health
+turns SERVING and streams are taken once it is in memory. A damaged ack journal stops the start with
+``errors.AckJournalError``, which ``mvic-server`` reports in one line.
 Stop (SIGTERM/SIGINT in ``cli.main`` set the stop event): health NOT_SERVING -> core drain (open view sets decoded,
 written, acked; streams told to reconnect) -> gRPC server stop -> live page -> core (decode pipeline, sinks) ->
 metrics.
@@ -23,19 +24,35 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
-from mvic.fusion_server.config import ServerConfig, split_host_port
+from mvic.fusion_server.config import ServerConfig, is_loopback, split_host_port
 from mvic.fusion_server.core import FusionCore
 from mvic.fusion_server.decoder import GroupDecoder, resolve_device
 from mvic.fusion_server.live import LiveView
 from mvic.fusion_server.metrics import ServerMetrics
 from mvic.fusion_server.servicer import FusionServicer, add_to_server
-from mvic.fusion_server.webpage import LivePage
+from mvic.fusion_server.tls import server_credentials
+from mvic.fusion_server.webpage import LivePage, read_token, tls_context
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import load_model, weights_source
 from mvic.shared.rpc import SERVICE_NAME, server_options
 from mvic.shared.rpc.hello import mvic_version
 
 log = logging.getLogger(__name__)
+
+
+def start_metrics(host: str, port: int, registry: CollectorRegistry):
+    """Prometheus ``/metrics`` on ``host:port`` (a thread of prometheus_client); the server, to ``shutdown()``.
+    The endpoint has no auth: another address than loopback is logged as a WARNING."""
+    try:
+        server, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); stop the program that holds "
+                      "it or choose another --metrics-port / --metrics-host") from None
+    log.info("metrics on %s:%d/metrics", host, server.server_port)
+    if not is_loopback(host):
+        log.warning("metrics on %s:%d are open to anyone who can reach this host (no auth; camera ids and rates): "
+                    "keep the port off public networks or bind --metrics-host 127.0.0.1", host, server.server_port)
+    return server
 
 
 class FusionApp:
@@ -61,12 +78,7 @@ class FusionApp:
     async def start(self) -> None:
         c = self.config
         if c.metrics_port:
-            try:
-                self._metrics_server, _ = start_http_server(c.metrics_port, registry=self.registry)
-            except OSError as exc:
-                raise OSError(f"cannot serve metrics on port {c.metrics_port} ({exc.strerror or exc}); stop the "
-                              "program that holds it or choose another --metrics-port") from None
-            log.info("metrics on :%d/metrics", c.metrics_port)
+            self._metrics_server = start_metrics(c.metrics_host, c.metrics_port, self.registry)
         self.core = FusionCore(c, self.metrics, self.live, server_version=mvic_version())
         await self.core.start()
         self._server = grpc.aio.server(options=server_options(c.max_packet_bytes))
@@ -74,18 +86,36 @@ class FusionApp:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            self.port = self._server.add_insecure_port(c.listen)
+            if c.tls.enabled:
+                self.port = self._server.add_secure_port(c.listen, server_credentials(c.tls))
+            else:
+                self.port = self._server.add_insecure_port(c.listen)
         except RuntimeError:  # gRPC's words for a port that cannot be bound
             self.port = 0
         if not self.port:
             raise OSError(f"cannot listen on {c.listen}: the port is in use (another mvic-server?) or the host is not "
                           "an address of this machine; stop the program that holds it or choose another --listen")
         await self._server.start()
-        log.info("gRPC on %s (port %d), health NOT_SERVING until the model is loaded", c.listen, self.port)
+        if c.tls.enabled:
+            log.info("gRPC with mutual TLS on %s (port %d): cameras of trust domain %s, certificates signed by %s; "
+                     "health NOT_SERVING until the model is loaded", c.listen, self.port, c.tls.trust_domain,
+                     c.tls.client_ca)
+        else:
+            log.info("gRPC on %s (port %d), plaintext; health NOT_SERVING until the model is loaded", c.listen,
+                     self.port)
+            if not is_loopback(split_host_port(c.listen)[0]):
+                log.warning("INSECURE: plaintext gRPC on %s (insecure: true). Anyone who can reach this port can send "
+                            "frames as any camera and read nothing is encrypted; configure tls (mvic-certs) outside "
+                            "a private network", c.listen)
         if c.http:
             host, port = split_host_port(c.http)
+            token = read_token(c.http_token_file) if c.http_token_file else None
+            if token is None and not is_loopback(host):
+                log.warning("the live page on %s shows the cameras' pictures to anyone who can reach it: set "
+                            "http_token_file (and http_cert/http_key), or bind it to 127.0.0.1", c.http)
             self._page = LivePage(self.live, host, port, lambda: self.core is not None and self.core.ready,
-                                  self.metrics, max_connections=c.http_max_connections, timeout_s=c.http_timeout_s)
+                                  self.metrics, max_connections=c.http_max_connections, timeout_s=c.http_timeout_s,
+                                  token=token, tls=tls_context(c.http_cert, c.http_key) if c.http_cert else None)
             await self._page.start()
             self.http_port = self._page.port
         device = resolve_device(c.device)

@@ -1,6 +1,7 @@
 """``mvic-server``: the fusion server's command line (receive -> group -> joint decode -> sink).
 
-    mvic-server --gpu 0 --weights W.safetensors --out out/ --http 0.0.0.0:8080 --metrics-port 9101
+    mvic-server --gpu 0 --weights W.safetensors --out out/ --http 127.0.0.1:8080 --metrics-port 9101
+    mvic-server --listen 0.0.0.0:50051 --set tls.cert=server.crt --set tls.key=server.key --set tls.client_ca=ca.crt
     mvic-server --device cpu --config server.yaml --set grouping.max_wait_ms=500
     mvic-server --config server.yaml --validate-config                # check, print the effective config, exit
 
@@ -48,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     dev = p.add_mutually_exclusive_group()
     dev.add_argument("--gpu", type=int, metavar="N", help="decode on CUDA device N (CPU fallback when absent)")
     dev.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 0.0.0.0:50051)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="gRPC address (default 127.0.0.1:50051); any other address needs tls or --insecure")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="serve plaintext gRPC on a non-loopback --listen address (no tls; any client can claim any "
+                        "camera): for a private network only, logged as a WARNING")
+    tls = p.add_argument_group("camera links (mutual TLS; all three files or none)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="gRPC server certificate chain (PEM); re-read when it changes")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    tls.add_argument("--tls-client-ca", metavar="FILE",
+                     help="CA bundle (PEM) that signs the camera certificates; every camera must present one whose "
+                          "URI SAN names its camera and group")
+    tls.add_argument("--tls-revoked", metavar="FILE",
+                     help="revoked certificate serials (hex) or camera ids, one per line; re-read when it changes")
     p.add_argument("--model", help=f"architecture the nodes code with (default {DEFAULT_MODEL})")
     p.add_argument("--weights", metavar="FILE",
                    help="weights .safetensors (default: the installed weights of --model); an empty value "
@@ -57,15 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", dest="cameras", action="append", metavar="ID",
                    help="allow only this camera (repeat); default: any camera")
     p.add_argument("--video", action="store_true", default=None, help="also write one video per camera")
-    p.add_argument("--http", metavar="HOST:PORT", help="serve the live page here, e.g. 0.0.0.0:8080")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="serve the live page here, e.g. 127.0.0.1:8080 (a bare port: on 127.0.0.1); another "
+                        "address than loopback should have --http-token-file")
+    p.add_argument("--http-token-file", metavar="FILE",
+                   help="the live page requires the token in this file (Bearer, or basic auth password)")
+    p.add_argument("--http-cert", metavar="FILE", help="serve the live page over HTTPS with this certificate (PEM)")
+    p.add_argument("--http-key", metavar="FILE", help="... and this private key (PEM)")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics port")
+    p.add_argument("--metrics-host", metavar="HOST", help="address /metrics binds (default 127.0.0.1)")
     p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
     return p
 
 
 _FLAG_KEYS = {
-    "device": "device", "listen": "listen", "model": "model", "weights": "weights", "out": "out",
-    "cameras": "cameras", "video": "sinks.video", "http": "http", "metrics_port": "metrics_port",
+    "device": "device", "listen": "listen", "insecure": "insecure", "tls_cert": "tls.cert", "tls_key": "tls.key",
+    "tls_client_ca": "tls.client_ca", "tls_revoked": "tls.revoked", "model": "model", "weights": "weights",
+    "out": "out",
+    "cameras": "cameras", "video": "sinks.video", "http": "http", "http_token_file": "http_token_file",
+    "http_cert": "http_cert", "http_key": "http_key", "metrics_port": "metrics_port", "metrics_host": "metrics_host",
     "log_level": "log_level",
 }
 

@@ -5,7 +5,18 @@ Read by ``mvic.fusion_server.cli`` (YAML file, then ``--set KEY=VALUE`` and the 
 stage (receive -> group -> joint decode -> sink) its section. Errors start with the key path
 (``grouping.tolerance_ms: ...``) so an operator can find the line in ``server.yaml``.
 
-    listen: 0.0.0.0:50051          # gRPC address, host:port
+    listen: 127.0.0.1:50051        # gRPC address, host:port. Without tls only a loopback address, unless insecure
+    insecure: false                # true: serve plaintext gRPC on a non-loopback address (a loud WARNING at start);
+                                   # any camera can then claim any camera id (see README: Security)
+    tls:                           # mutual TLS (all of cert, key and client_ca, or none): every camera proves its id
+      cert: ""                     # server certificate chain (PEM); re-read when it changes, no restart
+      key: ""                      # its private key (PEM)
+      client_ca: ""                # CA bundle (PEM) that signs the camera certificates; re-read when it changes
+      trust_domain: mvic.local     # the cameras' URI SAN spiffe://<trust_domain>/group/<g>/camera/<id>; other
+                                   # domains are refused (mvic.shared.identity)
+      revoked: ""                  # file of revoked certificate serials (hex) or camera ids, one per line, '#'
+                                   # comments; re-read when it changes; a revoked camera is cut off at its next message
+      reload_s: 2.0                # look at the files for changes at most this often, seconds
     device: auto                   # auto (cuda:0 when present, else cpu), cpu, cuda, cuda:N
     model: ldmic-fast-lite         # architecture the nodes code with
     weights: ""                    # weights file; "" = the installed weights of the model
@@ -49,16 +60,24 @@ stage (receive -> group -> joint decode -> sink) its section. Errors start with 
       png_name: sequence           # sequence (zero-padded) or capture_ns
       video: false                 # out/<camera>.mp4 (OpenCV, mp4v), frames appended in capture order
       video_fps: 10.0
-    http: ""                       # live page host:port ("" = none), e.g. 0.0.0.0:8080
+    http: ""                       # live page host:port ("" = none); a bare port is 127.0.0.1:port. Another host
+                                   # than loopback without http_token_file: a WARNING at start (camera pictures)
+    http_token_file: ""            # file holding the live page's token ("" = no auth): requests need
+                                   # "Authorization: Bearer <token>" or basic auth with the token as the password
+                                   # (any user name), else 401; /healthz stays open
+    http_cert: ""                  # serve the live page over HTTPS with this certificate chain (PEM) ...
+    http_key: ""                   # ... and its private key (PEM); both or neither
     http_max_connections: 32       # live page sockets open at once; at the cap a new one replaces the longest idle
     http_timeout_s: 10.0           # live page deadline for a whole request head, for an idle kept-alive connection
                                    # and for a client to take a response; a client that misses it is closed
     metrics_port: 0                # Prometheus /metrics port (0 = none)
+    metrics_host: 127.0.0.1        # address the metrics bind (no auth there: another host logs a WARNING)
     shutdown_grace_s: 10.0         # SIGTERM: time to drain in-flight groups and deliver the last acks
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,12 +87,15 @@ from mvic.fusion_server.errors import ConfigError as ConfigError  # re-exported:
 from mvic.shared.bitstream import MAX_SIDE, PAD_MULTIPLE
 from mvic.shared.config import LOG_LEVELS, build, read_yaml, require, set_dotted
 from mvic.shared.errors import IdError
+from mvic.shared.identity import DEFAULT_TRUST_DOMAIN, camera_identity
 from mvic.shared.ids import validate_camera_id
 from mvic.shared.model_table import DEFAULT_MODEL, MODELS_BY_NAME
 from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, DEFAULT_PORT
 
 PNG_NAMES = ("sequence", "capture_ns")
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[\w.\-]+):\d{1,5}$")
+_HOST = re.compile(r"^(\[?[0-9a-fA-F:]+\]?|[\w.\-]+)$")
+_PORT = re.compile(r"^\d{1,5}$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -118,8 +140,24 @@ class SinkConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    revoked: str = ""
+    reload_s: float = 2.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
-    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    insecure: bool = False
+    tls: TlsConfig = field(default_factory=TlsConfig)
     device: str = "auto"
     model: str = DEFAULT_MODEL
     weights: str = ""
@@ -136,7 +174,11 @@ class ServerConfig:
     http: str = ""
     http_max_connections: int = 32
     http_timeout_s: float = 10.0
+    http_token_file: str = ""
+    http_cert: str = ""
+    http_key: str = ""
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     shutdown_grace_s: float = 10.0
 
 
@@ -152,6 +194,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 def validate(c: ServerConfig) -> None:
     """Raise ConfigError naming the first key whose value cannot be used."""
     require(bool(_HOST_PORT.match(c.listen)), "listen", f"{c.listen!r} is not host:port")
+    _validate_tls(c)
     require(bool(_DEVICE.match(c.device)), "device", f"{c.device!r} is not auto, cpu, cuda or cuda:N")
     require(c.model in MODELS_BY_NAME, "model", f"{c.model!r} is unknown; known: {', '.join(MODELS_BY_NAME)}")
     require(bool(c.out), "out", "an output folder is required")
@@ -187,13 +230,49 @@ def validate(c: ServerConfig) -> None:
     require(d.torch_threads >= 0, "decode.torch_threads", "must be >= 0")
     require(c.sinks.png_name in PNG_NAMES, "sinks.png_name", f"must be one of {', '.join(PNG_NAMES)}")
     require(0 < c.sinks.video_fps <= 1000, "sinks.video_fps", "must be in (0, 1000]")
-    require(not c.http or bool(_HOST_PORT.match(c.http)), "http", f"{c.http!r} is not host:port")
+    require(not c.http or bool(_HOST_PORT.match(c.http) or _PORT.match(c.http)), "http",
+            f"{c.http!r} is not host:port or a port")
+    require(bool(c.http_cert) == bool(c.http_key), "http_cert", "give both http_cert and http_key, or neither")
+    for key in ("http_token_file", "http_cert", "http_key"):
+        path = getattr(c, key)
+        require(not path or Path(path).is_file(), key, f"{path} is not a file")
     require(1 <= c.http_max_connections <= 4096, "http_max_connections", "must be 1..4096")
     require(0 < c.http_timeout_s <= 600, "http_timeout_s", "must be in (0, 600]")
     require(0 <= c.metrics_port < 65536, "metrics_port", "must be 0..65535")
+    require(bool(_HOST.match(c.metrics_host)), "metrics_host", f"{c.metrics_host!r} is not a host name or address")
     require(c.shutdown_grace_s >= 0, "shutdown_grace_s", "must be >= 0")
 
 
-def split_host_port(address: str) -> tuple[str, int]:
+def _validate_tls(c: ServerConfig) -> None:
+    t = c.tls
+    given = [bool(t.cert), bool(t.key), bool(t.client_ca)]
+    require(all(given) or not any(given), "tls", "give all of tls.cert, tls.key and tls.client_ca, or none of them")
+    try:
+        camera_identity(t.trust_domain, "", "x")
+    except IdError as exc:
+        raise ConfigError(f"tls.trust_domain: {exc}") from None
+    require(0 < t.reload_s <= 3600, "tls.reload_s", "must be in (0, 3600] seconds")
+    require(not t.revoked or t.enabled, "tls.revoked", "revocation needs tls (certificates to revoke)")
+    for key in ("cert", "key", "client_ca", "revoked"):
+        path = getattr(t, key)
+        require(not path or Path(path).is_file(), f"tls.{key}", f"{path} is not a file")
+    if not t.enabled and not c.insecure:
+        require(is_loopback(split_host_port(c.listen)[0]), "listen",
+                f"{c.listen} is not a loopback address and tls is not configured: configure tls (cert, key, "
+                "client_ca; mvic-certs makes them) or pass --insecure (insecure: true) to serve plaintext anyway")
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host_port(address: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``(host, port)``; a bare port (``http: "8080"``) is on ``default_host``."""
     host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
+    return host.strip("[]") or default_host, int(port)

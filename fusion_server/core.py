@@ -6,6 +6,9 @@ Hop after: events in each camera's ``session.Session`` outbox, which the service
 
 A data plane a frame enters once and leaves once:
 
+* who: ``connect`` takes a stream only when its peer may be the camera its Hello names (``peer``: with mutual TLS
+  the client certificate must prove camera and group and not be revoked, and a revoked camera is cut off at its next
+  message; without TLS a camera's open stream is replaced only from the same client address).
 * enters: ``receive`` asks the ack book (``acks.AckBook.classify``) what the sequence number is (a resend of a
   stored or pending frame is dropped there, never decoded twice), checks the packet (size, capture time within the
   window of ``admission.check_capture_time``, bitstream, header, model), and only then admits it to the book and to
@@ -49,6 +52,7 @@ from mvic.fusion_server.errors import (
     OutOfOrderError,
     PacketRejected,
     PacketTooLargeError,
+    RevokedError,
     StorageError,
     StreamReplacedError,
     StreamTimeoutError,
@@ -59,6 +63,7 @@ from mvic.fusion_server.errors import (
 from mvic.fusion_server.grouper import Grouper
 from mvic.fusion_server.live import LiveView
 from mvic.fusion_server.metrics import ServerMetrics
+from mvic.fusion_server.peer import NO_PEER, Peer, Revocations, check_identity, may_replace
 from mvic.fusion_server.records import (
     DecodeResult,
     FailedView,
@@ -95,11 +100,13 @@ class FusionCore:
         self._groupers: dict[str, Grouper] = {}
         self._drops = DropCounts(config.grouping.max_drops)  # cameras whose broken streams no longer hold groups
         self._slots = asyncio.Semaphore(config.decode.max_inflight_groups)
+        self._submitting: set[asyncio.Task] = set()  # _dispatch's submissions, kept until done
         self._queue: asyncio.Queue[tuple[ViewSet, asyncio.Future[DecodeResult]]] = asyncio.Queue()
         self._sink_wakeup = asyncio.Event()  # a part was dispatched or decoded
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="mvic-sink")  # one writer: sinks are not shared
         self._tasks: list[asyncio.Task] = []
         self._accepting = True
+        self._revocations = Revocations(config.tls.revoked, config.tls.reload_s)
 
     # ----------------------------------------------------------------------------------------- life cycle
     async def start(self) -> None:
@@ -158,25 +165,32 @@ class FusionCore:
         self._io_pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------------------------------ handshake
-    async def connect(self, hello: Hello, metadata: Mapping[str, str] | None = None) -> tuple[Session, Welcome]:
+    async def connect(self, hello: Hello, metadata: Mapping[str, str] | None = None,
+                      peer: Peer = NO_PEER) -> tuple[Session, Welcome]:
         """Accept a camera's stream or raise a HandshakeError / NotReadyError saying what to do. ``metadata``: the
-        stream headers, lower-case keys (``mvic-camera`` / ``mvic-group`` must agree with the Hello)."""
+        stream headers, lower-case keys (``mvic-camera`` / ``mvic-group`` must agree with the Hello). ``peer``: the
+        client's address and, with mutual TLS, its certificate, which must prove the Hello's camera and group and
+        not be revoked; a camera's open stream is replaced only as ``peer.may_replace`` allows."""
         if not self._accepting:
             raise NotReadyError("the server is shutting down; reconnect with backoff")
         if self._decoder is None:
             raise NotReadyError("the server is still loading its model; retry in a few seconds")
         self._check_hello(hello, metadata)
         camera = hello.camera_id
+        if self.config.tls.enabled:
+            check_identity(peer, camera, hello.group_id, self.config.tls.trust_domain)
+        self._revocations.check(peer, camera)
         if not self.acks.has_room(camera):
             raise TooManyCamerasError(
                 f"the server already holds frames of {self.acks.slots_taken} cameras (max_cameras); raise "
                 "max_cameras in server.yaml or run another server"
             )
         old = self._sessions.get(camera)
+        may_replace(old.peer if old is not None else None, peer, camera)
         if old is not None:
             old.close("replaced by a newer stream of the same camera",
                       StreamReplacedError(f"camera {camera} opened a newer stream; this one ends"))
-        session = Session(hello)
+        session = Session(hello, peer)
         session.last_message_s = self._clock()
         self._sessions[camera] = session
         grouper = self._grouper(hello.group_id)
@@ -240,6 +254,12 @@ class FusionCore:
         if not self._accepting or session.closed:
             return  # not admitted and not acked: the node sends it again after reconnecting
         camera, seq = session.camera, packet.sequence
+        try:
+            self._revocations.check(session.peer, camera)
+        except RevokedError as exc:  # revoked while its stream was open: cut off at this message
+            log.warning("camera %s (peer %s) is cut off: %s", camera, session.peer.describe(), exc)
+            session.close("revoked", exc)
+            return
         session.last_message_s = self._clock()
         self.metrics.packets.labels(camera).inc()
         self.metrics.packet_bytes.labels(camera).inc(len(packet.bitstream))
@@ -318,6 +338,17 @@ class FusionCore:
 
     # ---------------------------------------------------------------------------------- group -> decode
     async def _dispatch(self, view_sets: list[ViewSet]) -> None:
+        """Hand the sets the grouper let go to the decoder. Waiting for a decode slot is backpressure on the calling
+        stream; if that stream ends while it waits, the sets still reach the decoder (their views are in flight in
+        the ack book, and no resend could bring them back)."""
+        if not view_sets:
+            return
+        task = asyncio.ensure_future(self._submit(view_sets))
+        self._submitting.add(task)
+        task.add_done_callback(self._submitting.discard)
+        await asyncio.shield(task)
+
+    async def _submit(self, view_sets: list[ViewSet]) -> None:
         for view_set in view_sets:
             self.metrics.view_set_decoded(view_set)
             for i, part in enumerate(decode_units(view_set, self.config.limits.max_set_pixels)):

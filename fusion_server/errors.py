@@ -15,7 +15,12 @@
         │   ├── BadHelloError             malformed Hello (camera id, metadata disagreeing with it)
         │   ├── UnknownCameraError        camera not in the configured list
         │   ├── TooManyCamerasError       more distinct cameras than max_cameras
-        │   └── IncompatibleNodeError     other model id, weights hash or bitstream format version
+        │   ├── IncompatibleNodeError     other model id, weights hash or bitstream format version
+        │   ├── IdentityError             (mTLS) the client certificate names another camera, group or trust domain
+        │   ├── RevokedError              (mTLS) the certificate's serial or camera is in tls.revoked; also ends an
+        │   │                             open stream at its next message
+        │   └── CameraInUseError          (plaintext) the camera is connected from another address; a stream may
+        │                                 replace it only from the same address
         └── PacketRejected            one packet is dropped for good; the stream and other cameras go on
             ├── MalformedPacketError      bitstream does not parse or disagrees with its ViewPacket
             │   └── CaptureTimeError          capture time outside the window around the server's clock
@@ -83,6 +88,19 @@ class TooManyCamerasError(HandshakeError):
 
 class IncompatibleNodeError(HandshakeError):
     """The node codes with another model, other weights or another format version."""
+
+
+class IdentityError(HandshakeError):
+    """The stream's client certificate does not prove the camera its Hello names (or proves no camera at all)."""
+
+
+class RevokedError(HandshakeError):
+    """The stream's certificate (its serial) or its camera is listed in ``tls.revoked``."""
+
+
+class CameraInUseError(HandshakeError):
+    """Without TLS: the camera already has a stream from another client address, which a newer stream may not take
+    over (it could be anyone); the newer one is refused while the old one is alive."""
 
 
 class PacketRejected(ServerError):

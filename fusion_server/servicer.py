@@ -7,7 +7,9 @@ Per stream: its peer address takes one of ``admission.max_streams_per_peer`` pla
 first message must be a Hello, within ``admission.hello_timeout_s``; the core accepts it (Welcome) or raises, and
 ``status.status_for`` picks the status the stream ends with. Then a reader task feeds ViewPackets to the core while
 this handler sends the session's outbox (PacketError, Ack, and finally the close) back. Stream metadata
-"mvic-camera"/"mvic-group" must agree with the Hello.
+"mvic-camera"/"mvic-group" must agree with the Hello. With mutual TLS the verified client certificate
+(``x509_pem_cert`` of the auth context) goes to the core with the address (``peer.peer_from``), which checks that it
+proves the Hello's camera; refusals are logged with the certificate's subject.
 
 ``add_to_server`` registers the handler with ``decode_node_message`` as its request deserializer, so that bytes that
 are not a ``mvic.v1.NodeMessage`` (a string field that is not UTF-8, a corrupt wire format) end the stream with
@@ -28,6 +30,7 @@ from google.protobuf.message import DecodeError
 from mvic.fusion_server.admission import PeerStreams, peer_address
 from mvic.fusion_server.core import FusionCore
 from mvic.fusion_server.errors import ServerError, StreamError, StreamTimeoutError
+from mvic.fusion_server.peer import Peer, peer_from
 from mvic.fusion_server.records import AckEvent, IncomingPacket, RejectEvent
 from mvic.fusion_server.session import Session
 from mvic.fusion_server.status import error_code_for, status_for
@@ -69,9 +72,9 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
         self._peers = PeerStreams(core.config.admission.max_streams_per_peer)
 
     async def Stream(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC's name)
-        peer = peer_address(context.peer() or "")
+        peer = peer_from(peer_address(context.peer() or ""), context.auth_context())
         try:
-            self._peers.open(peer)
+            self._peers.open(peer.address)
         except ServerError as exc:
             await self._refuse(context, exc, peer, "")
         served = self._serve(request_iterator, context, peer)
@@ -80,9 +83,9 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
                 yield message
         finally:
             await served.aclose()  # its own cleanup (reader, disconnect) first, even when gRPC stops iterating early
-            self._peers.close(peer)
+            self._peers.close(peer.address)
 
-    async def _serve(self, request_iterator, context: grpc.aio.ServicerContext, peer: str):
+    async def _serve(self, request_iterator, context: grpc.aio.ServicerContext, peer: Peer):
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
         first = None
         try:
@@ -94,7 +97,7 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
                                   "MVIC node, or one of another protocol version")
             if first.WhichOneof("kind") != "hello":
                 raise StreamError("the first message of a stream must be a Hello")
-            session, welcome = await self._core.connect(Hello.from_proto(first.hello), metadata)
+            session, welcome = await self._core.connect(Hello.from_proto(first.hello), metadata, peer)
         except ServerError as exc:
             camera = first.hello.camera_id if isinstance(first, pb.NodeMessage) else ""
             await self._refuse(context, exc, peer, camera)
@@ -167,9 +170,9 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
         log.warning("stream of camera %s breaks the protocol: %s", session.camera, message)
         session.close("protocol error", StreamError(message))
 
-    async def _refuse(self, context: grpc.aio.ServicerContext, exc: ServerError, peer: str, camera: str) -> None:
+    async def _refuse(self, context: grpc.aio.ServicerContext, exc: ServerError, peer: Peer, camera: str) -> None:
         """End a stream before its Welcome: a counter, one bounded log line, the status."""
-        log.warning("refused a stream from %s (camera %s): %s", display(peer), display(camera), exc)
+        log.warning("refused a stream from %s (camera %s): %s", peer.describe(), display(camera), exc)
         self._core.metrics.refused.labels(status_for(exc).name).inc()
         await self._abort(context, exc)
 

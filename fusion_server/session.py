@@ -15,13 +15,15 @@ import asyncio
 from collections import deque
 
 from mvic.fusion_server.errors import PacketRejected, ServerError
+from mvic.fusion_server.peer import NO_PEER, Peer
 from mvic.fusion_server.records import AckEvent, CloseEvent, Outgoing, RejectEvent
 from mvic.shared.rpc.hello import Hello
 
 
 class Session:
-    def __init__(self, hello: Hello, max_rejections: int = 1024):
+    def __init__(self, hello: Hello, peer: Peer = NO_PEER, max_rejections: int = 1024):
         self.hello = hello
+        self.peer = peer  # address and certificate of the stream: who may replace it, what may be revoked
         self.camera = hello.camera_id
         self.group = hello.group_id
         self.input_done = False  # the node half-closed its side; the stream ends once its frames are acked

@@ -20,13 +20,25 @@ loop that runs the gRPC server), at most ``max_connections`` sockets, and deadli
 
 Each connection the limits close is counted in ``mvic_server_http_connections_dropped_total{reason}``. Nothing is
 read from disk: a camera id is a dictionary key, so a path such as ``/cameras/../x.jpg`` finds nothing (404).
+
+The page shows people, so it can be closed to strangers (config ``http_token_file``, ``http_cert``/``http_key``):
+
+* with a token, every request but ``/healthz`` needs ``Authorization: Bearer <token>`` or basic auth whose password
+  is the token (what a browser's login prompt sends; the user name is ignored); anything else gets 401 with
+  ``WWW-Authenticate``. The comparison is ``hmac.compare_digest``;
+* with a certificate and key it speaks HTTPS only (TLS 1.2+); the handshake has the same ``timeout_s`` deadline, and
+  a connection counts against ``max_connections`` once it is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -44,6 +56,9 @@ log = logging.getLogger(__name__)
 # max_connections bounds the memory (512 KiB at 32 connections).
 MAX_HEAD_BYTES = 16 * 1024
 METHODS = ("GET", "HEAD")
+MIN_TOKEN_CHARS = 16
+OPEN_PATHS = ("/healthz",)  # answered without the token: an orchestrator's probe learns only "ready or not"
+CHALLENGES = (("WWW-Authenticate", 'Basic realm="mvic", charset="UTF-8"'), ("WWW-Authenticate", 'Bearer realm="mvic"'))
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>MVIC fusion server</title>
@@ -130,9 +145,11 @@ class LivePage:
     """Serves the live page on the running event loop: ``await start()``, ``await stop()``."""
 
     def __init__(self, live: LiveView, host: str, port: int, ready: Callable[[], bool], metrics: ServerMetrics, *,
-                 max_connections: int, timeout_s: float):
+                 max_connections: int, timeout_s: float, token: bytes | None = None,
+                 tls: ssl.SSLContext | None = None):
         self._live, self._ready, self._metrics = live, ready, metrics
         self._host, self._port = host, port
+        self._token, self._tls = token, tls
         self._max, self._timeout_s = max_connections, timeout_s
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task, _Connection] = {}
@@ -143,10 +160,13 @@ class LivePage:
         return self._port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=MAX_HEAD_BYTES)
+        self._server = await asyncio.start_server(
+            self._serve, self._host, self._port, limit=MAX_HEAD_BYTES, ssl=self._tls,
+            ssl_handshake_timeout=self._timeout_s if self._tls else None)
         self._port = self._server.sockets[0].getsockname()[1]
-        log.info("live page on http://%s:%d/ (at most %d connections, %.1f s deadlines)", self._host, self._port,
-                 self._max, self._timeout_s)
+        log.info("live page on %s://%s:%d/ (%s; at most %d connections, %.1f s deadlines)",
+                 "https" if self._tls else "http", self._host, self._port,
+                 "token required" if self._token else "no auth", self._max, self._timeout_s)
 
     async def stop(self) -> None:
         """Stop listening, close every connection (a response being written is cut)."""
@@ -216,8 +236,17 @@ class LivePage:
                 return await self._send(writer, "GET", _text(HTTPStatus.METHOD_NOT_ALLOWED, "GET or HEAD only\n"),
                                         keep_alive=False, extra=(("Allow", ", ".join(METHODS)),))
             keep_alive = request.version == "HTTP/1.1" and "close" not in request.headers.get("connection", "").lower()
+            path = urlsplit(request.target).path
+            if self._token is not None and path not in OPEN_PATHS and \
+                    not _authorized(request.headers.get("authorization", ""), self._token):
+                if not await self._send(writer, request.method, _text(HTTPStatus.UNAUTHORIZED, "token required\n"),
+                                        keep_alive, extra=CHALLENGES):
+                    return False
+                if not keep_alive:
+                    return True
+                continue
             try:
-                response = self._route(urlsplit(request.target).path)
+                response = self._route(path)
             except Exception:
                 log.exception("live page: %s %s failed", request.method, request.target[:200])
                 response, keep_alive = _text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n"), False
@@ -270,6 +299,43 @@ class LivePage:
             return _text(HTTPStatus.OK, "ok\n") if self._ready() else \
                 _text(HTTPStatus.SERVICE_UNAVAILABLE, "loading\n")
         return _text(HTTPStatus.NOT_FOUND, "not found\n")
+
+
+def read_token(path: str) -> bytes:
+    """The live page's token: the file's text without surrounding white space; OSError saying what to fix."""
+    with open(path, "rb") as f:
+        token = f.read(4096).strip()
+    if len(token) < MIN_TOKEN_CHARS or not token.isascii() or any(c <= 32 or c == 127 for c in token):
+        raise OSError(f"http_token_file {path} must hold one token of at least {MIN_TOKEN_CHARS} printable ASCII "
+                      "characters, e.g. from: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return token
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context for the page (TLS 1.2+, the library's cipher defaults); OSError when the files do not load."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise OSError(f"http_cert {cert} / http_key {key}: cannot serve HTTPS with them ({exc})") from None
+    return context
+
+
+def _authorized(header: str, token: bytes) -> bool:
+    """Whether an Authorization header carries the token: ``Bearer <token>`` or ``Basic base64(user:<token>)``."""
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        given = value.encode("latin-1")
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(value, validate=True).partition(b":")[2]
+        except (binascii.Error, ValueError):
+            return False
+    else:
+        return False
+    return hmac.compare_digest(given, token)
 
 
 def _text(status: HTTPStatus, text: str) -> _Response:

@@ -9,6 +9,7 @@ The data path, one module per hop, in the order a frame takes:
     spool.py     durable, byte-bounded store of unacked packets; resume after restarts
     link.py      one gRPC stream to the fusion server (grpc.aio, a task per direction): handshake, resend,
                  acks (only plausible ones delete anything), reconnect with backoff
+    channel.py   its gRPC channel: plaintext or mutual TLS with this camera's certificate, renewed without a restart
 
 ``app.py`` starts them in order and stops them in reverse; ``cli.py`` is ``mvic-node``; ``config.py``,
 ``metrics.py`` and ``errors.py`` hold the settings, the Prometheus series and the node's branch of the MVICError

@@ -86,7 +86,7 @@ class NodeApp:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, cfg.metrics.port)
         hello = Hello(cfg.camera, cfg.group, self.model.spec.model_id, self.model.weights_hash, FORMAT_VERSION,
                       mvic_version(), self.session_ns)
-        self.link = Link(cfg.server, hello, self.spool, cfg.link, self.metrics, self.stop_event)
+        self.link = Link(cfg.server, hello, self.spool, cfg.link, self.metrics, self.stop_event, cfg.tls)
         self._spawn("link", self.link.run)
         handoff = FrameHandoff(cfg.encode.policy, cfg.encode.queue_frames, self.metrics)
         self.encoder = EncoderWorker(self.model, handoff, self.spool, cfg.camera, cfg.encode.rate, self.metrics,

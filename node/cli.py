@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", help="camera id, e.g. C1 (C1..C7 also pick the synthetic scene's view)")
     p.add_argument("--server", help="fusion server host:port (default localhost:50051)")
     p.add_argument("--group", help="camera group at the server (default: the server's default group)")
+    tls = p.add_argument_group("mutual TLS to the server (all three files or none)")
+    tls.add_argument("--tls-ca", metavar="FILE", help="CA bundle (PEM) that signs the server's certificate")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="this camera's certificate (PEM, from mvic-certs camera); a renewed file is picked up "
+                          "without a restart")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    tls.add_argument("--tls-server-name", metavar="NAME",
+                     help="name the server's certificate must carry (default: the host of --server)")
     src = p.add_argument_group("capture")
     src.add_argument("--source", help="video file, rtsp://... URL, webcam index or image folder "
                                       "(default: the synthetic scene)")
@@ -100,7 +108,8 @@ _FLAG_KEYS = {
     "file_timeline": "source.file_timeline", "max_side": "source.max_side", "rate": "encode.rate",
     "model": "encode.model", "weights": "encode.weights", "threads": "encode.threads", "policy": "encode.policy",
     "spool": "spool.dir", "spool_max_bytes": "spool.max_bytes", "spool_when_full": "spool.when_full",
-    "metrics_port": "metrics.port", "log_level": "log_level",
+    "metrics_port": "metrics.port", "log_level": "log_level", "tls_ca": "tls.ca", "tls_cert": "tls.cert",
+    "tls_key": "tls.key", "tls_server_name": "tls.server_name",
 }
 
 

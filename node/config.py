@@ -7,6 +7,12 @@ key path (``source.fps``, ``spool.when_full``), so an operator can find the line
     camera: C1                     # required: the camera id sent to the server (C1..C7 pick the synthetic view)
     group: ""                      # camera group; "" = the server's default group
     server: localhost:50051        # fusion server address, host:port
+    tls:                           # mutual TLS to the server (ca, cert and key together, or none = plaintext)
+      ca: ""                       # CA bundle (PEM) that signs the server's certificate
+      cert: ""                     # this camera's certificate (PEM; its URI SAN names camera and group); when it or
+      key: ""                      # its key (PEM) changes, the link finishes its stream and reconnects with them
+      server_name: ""              # name to check the server's certificate against ("" = the host of server:)
+      reload_s: 2.0                # look at the three files for changes at most this often, seconds
     log_level: INFO
     source:
       uri: ""                      # "" = synthetic scene; a video file, rtsp://..., a webcam index, an image folder
@@ -169,6 +175,28 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    server_name: str = ""
+    reload_s: float = 2.0
+
+    def __post_init__(self):
+        require(0 < self.reload_s <= 3600, "tls.reload_s", f"must be in (0, 3600] seconds, got {self.reload_s}")
+        given = [bool(self.ca), bool(self.cert), bool(self.key)]
+        require(all(given) or not any(given), "tls", "give all of tls.ca, tls.cert and tls.key, or none of them")
+        require(not self.server_name or self.enabled, "tls.server_name", "only used with tls.ca, tls.cert, tls.key")
+        for key in ("ca", "cert", "key"):
+            path = getattr(self, key)
+            require(not path or Path(path).is_file(), f"tls.{key}", f"{path} is not a file")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca)
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     port: int = 0
     host: str = "0.0.0.0"
@@ -183,6 +211,7 @@ class NodeConfig:
     group: str = ""
     server: str = "localhost:50051"
     log_level: str = "INFO"
+    tls: TlsConfig = field(default_factory=TlsConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)

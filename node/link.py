@@ -35,6 +35,11 @@ each wait drawn in [d/2, d]; reset after a Welcome). A refusal (FAILED_PRECONDIT
 PERMISSION_DENIED: unknown camera; INVALID_ARGUMENT: bad Hello) is logged at ERROR with what to fix and retried every
 ``refused_backoff_s``, so the camera comes back by itself once the server or the node is upgraded.
 
+Mutual TLS (``tls`` in node.yaml): the channel comes from ``channel.ChannelFactory``, with this camera's
+certificate. When its files change (a renewal) the supervisor finishes the stream like a drain (half-close, the
+server acknowledges what it holds) and ``_main`` reconnects at once on a new channel; the spool resends what is
+left unacknowledged, which the server takes once (its ack book drops a resend of a stored or pending frame).
+
 Stopping: once ``stop`` is set the link never reconnects; a live stream keeps sending until ``drain(timeout)``
 (called by the orchestrator after the encoder has spooled its last frame), waits up to the timeout for the last
 acks, half-closes the stream and returns. Unacked packets stay in the spool for the next start.
@@ -51,7 +56,8 @@ from contextlib import suppress
 
 import grpc
 
-from mvic.node.config import LinkConfig
+from mvic.node.channel import ChannelFactory
+from mvic.node.config import LinkConfig, TlsConfig
 from mvic.node.errors import ImplausibleAckError
 from mvic.node.metrics import NodeMetrics
 from mvic.node.spool import Spool, SpooledPacket
@@ -77,7 +83,8 @@ REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENI
 _REFUSAL_ADVICE = {
     grpc.StatusCode.FAILED_PRECONDITION: "install the same MVIC release and weights file on node and server "
                                          "(see the server's message for which side to upgrade)",
-    grpc.StatusCode.PERMISSION_DENIED: "add the camera to the server's camera list, or fix --camera",
+    grpc.StatusCode.PERMISSION_DENIED: "add the camera to the server's camera list, fix --camera / --group, or "
+                                       "give the node an unrevoked certificate of this camera (--tls-cert)",
     grpc.StatusCode.INVALID_ARGUMENT: "check --camera and --group (1..64 printable characters)",
     grpc.StatusCode.UNIMPLEMENTED: "the address is not an MVIC fusion server, or one without the mvic.v1 protocol",
     grpc.StatusCode.UNAUTHENTICATED: "the server requires credentials this node does not have",
@@ -96,15 +103,18 @@ class _Stream:
         self.code: grpc.StatusCode | None = None
         self.details = ""
         self.refusal = ""  # set when this node refused the server's Welcome: why, and what to do
+        self.renew = False  # this node's certificate was renewed: the stream was finished to reconnect with it
 
 
 class Link:
     """Spool -> server over one bidirectional stream, reconnecting until stopped. ``run`` blocks (a thread)."""
 
     def __init__(self, target: str, hello: Hello, spool: Spool, config: LinkConfig, metrics: NodeMetrics,
-                 stop: threading.Event):
+                 stop: threading.Event, tls: TlsConfig | None = None):
         hello.check()  # the server would refuse it on every attempt
         self.target = target
+        self.tls = tls  # mutual TLS (ca, cert, key, server_name); None or empty = plaintext
+        self._channels: ChannelFactory | None = None
         self.hello = hello
         self.spool = spool
         self.config = config
@@ -169,7 +179,8 @@ class Link:
         self._wake = asyncio.Event()
         self.spool.add_listener(self._poke)
         threading.Thread(target=lambda: (self.stop.wait(), self._poke()), name="mvic-link-stop", daemon=True).start()
-        channel = grpc.aio.insecure_channel(self.target, options=self.channel_options())
+        self._channels = ChannelFactory(self.target, self.channel_options(), self.tls)
+        channel = self._channels.open()
         stub = FusionStub(channel)
         attempt = 0
         streams = 0
@@ -181,6 +192,13 @@ class Link:
                 st = await self._run_stream(stub)
                 if self.stop.is_set():
                     break
+                if st.renew or self._channels.renewed():  # a new certificate: a new channel, at once
+                    log.info("reconnecting to %s with the renewed certificate %s; %d packet(s) spooled", self.target,
+                             self.tls.cert, self.spool.pending)
+                    await channel.close()
+                    channel = self._channels.open()
+                    stub = FusionStub(channel)
+                    continue
                 if st.refusal:
                     delay = self.config.refused_backoff_s * random.uniform(0.8, 1.2)
                     log.error("refusing server %s's Welcome: %s. Retrying in %.0f s", self.target, st.refusal, delay)
@@ -237,6 +255,9 @@ class Link:
         while not st.ended.is_set():
             wake = self._wake
             now = time.monotonic()
+            if not self.stop.is_set() and self._channels.renewed():
+                await self._finish_for_renewal(call, st)
+                return
             if not st.welcomed.is_set() and now > handshake_deadline:
                 log.warning("no Welcome from %s within %g s; dropping the stream", self.target,
                             self.config.handshake_timeout_s)
@@ -260,6 +281,21 @@ class Link:
                 deadlines.append(self._drain_deadline)
             # woken by the receiver (Welcome, acks, the end), the spool, stop and drain; or at the next deadline
             await self._wait_event(wake, max(0.0, min(deadlines) - now) + 0.001 if deadlines else None)
+
+    async def _finish_for_renewal(self, call, st: _Stream) -> None:
+        """The certificate files changed: half-close the stream so that the server acknowledges what it holds (up
+        to drain_timeout_s, then cancel), for ``_main`` to reconnect on a channel with the new certificate."""
+        log.info("certificate %s renewed: finishing the stream to %s and reconnecting with it", self.tls.cert,
+                 self.target)
+        st.renew = True
+        if st.welcomed.is_set():
+            st.closing = True  # the sender half-closes; the server ends the stream once everything sent is acked
+            self._wake_all()
+            with suppress(TimeoutError):
+                async with asyncio.timeout(max(self.config.drain_timeout_s, 0.1)):
+                    await st.ended.wait()
+        if not st.ended.is_set():
+            call.cancel()
 
     # ------------------------------------------------------------------------------ node -> server
     async def _send(self, call, st: _Stream) -> None:

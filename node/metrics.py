@@ -17,6 +17,7 @@ DROP_REASONS = (
     "shutdown",  # capture -> encode or encode -> spool: the node stopped while the frame waited for room
     "encode_error",  # encode: the codec refused the image
     "spool_full",  # spool: the oldest unacked packet was dropped to make room (or the newest, while stopping)
+    "disk_full",  # spool: the node stopped while the disk was still too full to store the packet
     "too_large",  # send: the packet exceeds the server's max_packet_bytes
     "rejected",  # send: the server answered PacketError for it
     "corrupt",  # spool: a spooled file failed its checks after a restart

@@ -45,6 +45,7 @@ Bounded in bytes (``max_bytes``), with an explicit policy when a new packet does
 from __future__ import annotations
 
 import bisect
+import errno
 import fcntl
 import json
 import logging
@@ -67,6 +68,7 @@ from mvic.shared.fileio import safe_name, write_atomic
 from mvic.shared.ids import display
 
 log = logging.getLogger(__name__)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write that space (or a raised limit) would let through
 
 _NAME = re.compile(r"^(\d{20})-(\d{1,20})\.mvic$")
 STATE_FILE = "state.json"
@@ -147,6 +149,7 @@ class Spool:
         self._listeners: list[Callable[[], None]] = []  # told after every change (the link's wake-up)
         self._full_drops = 0
         self._full_logged_at = 0.0
+        self._disk_full_logged_at = float("-inf")
 
     # --------------------------------------------------------------------------------------- open / close
     def open(self) -> None:
@@ -172,7 +175,11 @@ class Spool:
 
     def close(self) -> None:
         with self._cond:
-            self._write_state()
+            try:
+                self._write_state()
+            except OSError as exc:  # state.json is rebuilt from the packets at the next open; nothing is lost
+                log.error("spool: could not save %s at exit (%s); the next start recovers it from the packets",
+                          STATE_FILE, exc)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -274,7 +281,8 @@ class Spool:
                 self._full(1, f"node is stopping and the spool is full; packet {sequence} dropped")
                 return False
             self._make_room(packet.size)
-        write_atomic(self.folder / packet.filename, data, durable=True)
+        if not self._write_packet(packet, data, stop):
+            return False
         with self._cond:
             index = bisect.bisect_left(self._seqs, sequence)
             self._seqs.insert(index, sequence)
@@ -284,6 +292,29 @@ class Spool:
             self._update_gauges()
             self._changed()
         return True
+
+    def _write_packet(self, packet: SpooledPacket, data: bytes, stop: threading.Event) -> bool:
+        """Write one packet durably. A full disk (or quota, or file-size limit) is waited out: the encoder, then
+        capture, stop behind it (the handoff policy counts what capture drops), and the packet is written once space
+        returns; only a node that stops while the disk is still full drops it (counted as ``disk_full``)."""
+        delay_s = 0.25
+        while True:
+            try:
+                write_atomic(self.folder / packet.filename, data, durable=True)
+                return True
+            except OSError as exc:
+                if exc.errno not in DISK_FULL_ERRNOS:
+                    raise
+                now = time.monotonic()
+                if now - self._disk_full_logged_at >= 10.0:
+                    log.error("spool: %s; waiting for space to store packet %d (capture waits too)", exc,
+                              packet.sequence)
+                    self._disk_full_logged_at = now
+            if stop.wait(delay_s):
+                self._metrics.dropped("disk_full")
+                log.error("spool: the node is stopping and the disk is still full; packet %d dropped", packet.sequence)
+                return False
+            delay_s = min(2 * delay_s, 5.0)
 
     def _make_room(self, size: int) -> None:
         """Drop the oldest packets until ``size`` more bytes fit (lock held)."""
@@ -383,9 +414,10 @@ class Spool:
     def _remove(self, sequence: int) -> SpooledPacket:
         """Forget and delete one packet (lock held). state.json first when it does not cover the packet's sequence
         or capture time yet."""
-        packet = self._packets.pop(sequence)
+        packet = self._packets[sequence]
         if sequence > self._persisted_last or packet.capture_ns > self._persisted_capture:
-            self._write_state()
+            self._write_state()  # may fail (disk full): then nothing is forgotten yet
+        del self._packets[sequence]
         del self._seqs[bisect.bisect_left(self._seqs, sequence)]
         self._bytes -= packet.size
         (self.folder / packet.filename).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from mvic.shared.errors import IdError
 from mvic.shared.ids import validate_camera_id, validate_group_id
 
 SCHEME = "spiffe://"
+DEFAULT_TRUST_DOMAIN = "mvic.local"  # mvic-certs' and the server's default trust domain
 DEFAULT_GROUP_SEGMENT = "_"  # the URI form of group "" (the server's default group)
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,253}[a-z0-9])?$")
 _PATH = re.compile(r"^/group/([^/]+)/camera/([^/]+)$")

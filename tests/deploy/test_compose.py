@@ -10,10 +10,16 @@ shipped weights files.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import fnmatch
+import functools
 import importlib.util
+import io
 import re
 import shlex
+import shutil
+import tempfile
 import tomllib
 from concurrent import futures
 from dataclasses import dataclass
@@ -129,10 +135,43 @@ def image_entrypoint(name: str) -> list[str]:
 
 
 def program(service: dict) -> str | None:
-    """'node' or 'server' for services built from deploy/<program>.Dockerfile, else None (third-party images)."""
+    """'node' or 'server' for services built from deploy/<program>.Dockerfile that run the image's program, else
+    None (third-party images; the certs service runs mvic-certs from the node image)."""
     build = service.get("build")
     match = re.fullmatch(r"deploy/(\w+)\.Dockerfile", build["dockerfile"]) if build else None
-    return match.group(1) if match else None
+    if not match or service.get("entrypoint", [f"mvic-{match.group(1)}"])[0] != f"mvic-{match.group(1)}":
+        return None
+    return match.group(1)
+
+
+@functools.cache
+def _certs_made(command: tuple[str, ...]) -> Path:
+    """A folder holding what the certs service's command writes, made here by mvic-certs itself (--out under it,
+    no --owner), so that the server's and nodes' certificate paths can be checked as real files."""
+    from mvic.tools import certs
+
+    root = Path(tempfile.mkdtemp(prefix="mvic-compose-tls-"))
+    atexit.register(shutil.rmtree, root, True)
+    args = [a.replace("--out=/", f"--out={root}/", 1) for a in command if not a.startswith("--owner")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert certs.main(args) == 0
+    return root
+
+
+def on_host(compose: dict, name: str, args: list[str]) -> list[str]:
+    """``args`` of service ``name`` with each path inside a volume the certs service fills replaced by the file
+    mvic-certs made here for it (see _certs_made)."""
+    certs_service = compose["services"]["certs"]
+    assert certs_service["entrypoint"] == ["mvic-certs"]
+    root = _certs_made(tuple(certs_service["command"]))
+    filled = {m.source: m.target for m in mounts(certs_service)}
+    out = []
+    for arg in args:
+        for m in mounts(compose["services"][name]):
+            if m.source in filled and m.target + "/" in arg:
+                arg = arg.replace(m.target + "/", f"{root}{filled[m.source]}/")
+        out.append(arg)
+    return out
 
 
 def node_configs(compose: dict) -> dict[str, NodeConfig]:
@@ -141,7 +180,7 @@ def node_configs(compose: dict) -> dict[str, NodeConfig]:
     for name, service in compose["services"].items():
         if program(service) != "node":
             continue
-        args = argv(service, image_entrypoint("node"))
+        args = on_host(compose, name, argv(service, image_entrypoint("node")))
         assert args[0] == "mvic-node"
         out[name] = node_cli.config_from_args(node_cli.build_parser().parse_args(args[1:]))
     return out
@@ -152,7 +191,7 @@ def server_command(compose: dict) -> list[str]:
     assert program(service) == "server"
     args = argv(service, image_entrypoint("server"))
     assert args[0] == "mvic-server"
-    return args[1:]
+    return on_host(compose, "server", args[1:])
 
 
 def server_config(compose: dict):
@@ -191,7 +230,7 @@ def server(compose):
 
 # ------------------------------------------------------------------------------------------- command lines
 def test_every_service_is_known_and_the_seven_cameras_run(compose, nodes):
-    assert set(compose["services"]) == {"server", "prometheus", *(f"node-{c.lower()}" for c in CAMERAS)}
+    assert set(compose["services"]) == {"certs", "server", "prometheus", *(f"node-{c.lower()}" for c in CAMERAS)}
     assert sorted(c.camera for c in nodes.values()) == list(CAMERAS)
     for name, config in nodes.items():
         assert name == f"node-{config.camera.lower()}", "service name and --camera disagree"
@@ -216,7 +255,8 @@ def test_node_command_lines_pass_validate_config(compose, monkeypatch, capsys):
     monkeypatch.setattr(node_cli, "preflight", lambda config: None)
     for name, service in compose["services"].items():
         if program(service) == "node":
-            assert node_cli.main(argv(service, image_entrypoint("node"))[1:] + ["--validate-config"]) == 0, name
+            args = on_host(compose, name, argv(service, image_entrypoint("node")))
+            assert node_cli.main(args[1:] + ["--validate-config"]) == 0, name
             captured = capsys.readouterr()
             assert captured.err.startswith("mvic-node: configuration OK")
             assert yaml.safe_load(captured.out)["camera"] == name.removeprefix("node-").upper()
@@ -488,3 +528,104 @@ def test_health_probe_exits_0_only_when_the_fusion_service_is_serving(capsys):
     finally:
         server.stop(None)
     assert probe.main([address, "--timeout", "0.5"]) == 1  # nobody listening
+
+
+# ----------------------------------------------------------------------------------------------- security
+def test_certs_service_gives_each_container_only_its_own_keys(compose, nodes, server):
+    """The one-off certs service fills one volume per container; the CA key stays in a volume no other service
+    mounts; every container that reads certificates waits for it and mounts its volume read-only; the server's
+    live page gets the token and certificate mvic-certs wrote (real files: made here by the same command)."""
+    from cryptography import x509
+
+    from mvic.tools import certs
+
+    service = compose["services"]["certs"]
+    args = certs.build_parser().parse_args(service["command"])
+    assert args.kind == "bundle" and args.token and sorted(args.camera) == list(CAMERAS) and "server" in args.dns
+    filled = {m.source: m.target for m in mounts(service)}
+    assert filled == {"tls-ca": "/tls/ca", "tls-server": "/tls/server",
+                      **{f"tls-{c.lower()}": f"/tls/{c}" for c in CAMERAS}}
+    for name, other in compose["services"].items():
+        if name == "certs":
+            continue
+        own = [m for m in mounts(other) if m.source in filled]
+        assert "tls-ca" not in {m.source for m in own}, f"{name} mounts the CA key"
+        assert all(m.read_only for m in own), name
+        if own:
+            assert other["depends_on"]["certs"]["condition"] == "service_completed_successfully", name
+    for name in nodes:
+        assert [m.source for m in mounts(compose["services"][name]) if m.source in filled] == [f"tls-{name[5:]}"]
+    config, _ = server
+    assert Path(config.http_token_file).is_file() and config.http_cert and config.http_key
+    cert = x509.load_pem_x509_certificate(Path(config.http_cert).read_bytes())
+    assert "localhost" in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+        .get_values_for_type(x509.DNSName)
+
+
+def test_published_ports_bind_loopback_by_default():
+    for name, service in load_compose()["services"].items():
+        for spec in service.get("ports", []):
+            assert str(spec).startswith("127.0.0.1:"), f"{name} publishes {spec} beyond this host"
+    opened = load_compose({"MVIC_START_AT_NS": START_AT, "MVIC_PUBLISH_HOST": "0.0.0.0"})
+    assert all(str(p).startswith("0.0.0.0:") for p in opened["services"]["server"]["ports"])
+
+
+def test_nodes_and_server_speak_mutual_tls_with_the_certificates_of_their_camera(compose, nodes, server):
+    """Each node presents the certificate whose URI SAN is its own camera id, in the server's trust domain, and
+    trusts the CA that signed the server's certificate; the server requires them (no --insecure)."""
+    from cryptography import x509
+
+    from mvic.shared.identity import parse_camera_uri
+
+    config, _ = server
+    assert config.tls.enabled and not config.insecure
+    for name, node in nodes.items():
+        assert node.tls.enabled, name
+        cert = x509.load_pem_x509_certificate(Path(node.tls.cert).read_bytes())
+        (uri,) = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier)
+        identity = parse_camera_uri(uri)
+        assert (identity.camera_id, identity.group_id, identity.trust_domain) == \
+            (node.camera, node.group, config.tls.trust_domain), name
+        assert Path(node.tls.ca).read_bytes() == Path(config.tls.client_ca).read_bytes()
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(Path(node.tls.ca).read_bytes()))
+    server_cert = x509.load_pem_x509_certificate(Path(config.tls.cert).read_bytes())
+    names = server_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {n.server.rpartition(":")[0] for n in nodes.values()} <= set(names.get_values_for_type(x509.DNSName))
+
+
+def test_server_health_check_dials_the_mtls_port_with_the_probe_certificate(compose, server):
+    config, _ = server
+    test = compose["services"]["server"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "mvic-grpc-health", f"localhost:{_port(config.listen)}"]
+    files = on_host(compose, "server", test[3:])
+    for arg in files:
+        assert Path(arg.partition("=")[2]).is_file(), arg
+
+
+def test_health_probe_speaks_mutual_tls(tmp_path, capsys):
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from mvic.shared.rpc import SERVICE_NAME
+    from mvic.tools import certs
+
+    assert certs.main(["bundle", "--out", str(tmp_path), "--dns", "localhost"]) == 0
+    srv = tmp_path / "server"
+    servicer = health.HealthServicer()
+    servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials([((srv / "server.key").read_bytes(), (srv / "server.crt").read_bytes())],
+                                              root_certificates=(srv / "ca.crt").read_bytes(),
+                                              require_client_auth=True)
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        address, probe = f"localhost:{port}", _probe()
+        tls = [f"--ca={srv / 'ca.crt'}", f"--cert={srv / 'probe.crt'}", f"--key={srv / 'probe.key'}"]
+        assert probe.main([address, *tls]) == 0
+        assert probe.main([address, "--timeout", "2"]) == 1  # plaintext to a TLS port
+        assert probe.main([address, "--timeout", "2", tls[0]]) == 1  # no client certificate
+    finally:
+        server.stop(None)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,13 +58,21 @@ def journal(out: Path) -> dict[str, int]:
 class Proc:
     """One program in its own process group, logging to a file."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, cwd: Path):
+    def __init__(self, name: str, argv: list[str], log: Path, cwd: Path, *, pipe_log: bool = False):
         self.name, self.log = name, log
         with open(log, "ab") as f:
             self.popen = subprocess.Popen(
-                [sys.executable, "-W", "ignore", "-m", *argv], stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
-                start_new_session=True,
+                [sys.executable, "-W", "ignore", "-m", *argv], stdout=subprocess.PIPE if pipe_log else f,
+                stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        if pipe_log:
+            threading.Thread(target=self._copy_log, name=f"log-{name}", daemon=True).start()
+
+    def _copy_log(self) -> None:
+        """The program's output, written to its log by this process (the program's own file writes may be made to
+        fail: test_disk_full's RLIMIT_FSIZE emulation)."""
+        with open(self.log, "ab", buffering=0) as f:
+            f.writelines(self.popen.stdout)  # line by line, as the program writes them
 
     @property
     def alive(self) -> bool:
@@ -108,6 +117,7 @@ class Cluster:
         self.server: Proc | None = None
         self.nodes: dict[str, Proc] = {}
         self._starts = 0
+        self.pipe_logs = False  # True: programs log through a pipe to this process (see Proc._copy_log)
 
     @property
     def target(self) -> str:
@@ -117,7 +127,8 @@ class Cluster:
         self._starts += 1
         path = self.root / f"{name}-{self._starts}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        proc = Proc(name, [module, "--config", str(path)], self.root / "logs" / f"{name}.log", self.root)
+        proc = Proc(name, [module, "--config", str(path)], self.root / "logs" / f"{name}.log", self.root,
+                    pipe_log=self.pipe_logs)
         self.procs.append(proc)
         return proc
 
@@ -142,10 +153,13 @@ class Cluster:
         return scrape(self.server_metrics)
 
     # ------------------------------------------------------------------------------------------ nodes
-    def start_node(self, camera: str, *, start_at_ns: int, frames: int, link: dict | None = None) -> Proc:
+    def start_node(self, camera: str, *, start_at_ns: int, frames: int, link: dict | None = None,
+                   server: str | None = None, **extra) -> Proc:
+        """``server``: the address to dial instead of the server's own (a ``faultproxy.FaultProxy`` in between);
+        ``extra``: more node.yaml keys (``tls={...}``)."""
         self.node_metrics.setdefault(camera, free_port())
         config = {
-            "camera": camera, "server": self.target, "log_level": "INFO",
+            "camera": camera, "server": server or self.target, "log_level": "INFO",
             "source": {"uri": "", "fps": FPS, "frames": frames, "start_at_ns": start_at_ns,
                        "synthetic": {"seed": SEED, "cameras": len(CAMERAS), "height": HEIGHT, "width": WIDTH}},
             "encode": {"model": MODEL, "weights": str(self.weights), "rate": 2, "threads": 1, "policy": "every"},
@@ -153,6 +167,7 @@ class Cluster:
             "link": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0, "drain_timeout_s": 5.0,
                      "finish_timeout_s": RUN_TIMEOUT_S, **(link or {})},
             "metrics": {"port": self.node_metrics[camera], "host": "127.0.0.1"},
+            **extra,
         }
         self.nodes[camera] = self._spawn(camera, "mvic.node.cli", config)
         return self.nodes[camera]

@@ -94,9 +94,14 @@ class MiniNode:
 
     def __init__(self, port: int, camera: str, model: LDMIC, *, group: str = "", metadata_camera: str | None = None,
                  model_id: int | None = None, weights_hash: bytes | None = None, format_version: int = FORMAT_VERSION,
-                 first: pb.NodeMessage | None = None):
+                 first: pb.NodeMessage | None = None, credentials: grpc.ChannelCredentials | None = None,
+                 server_name: str = ""):
         self.camera = camera
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+        target, options = f"127.0.0.1:{port}", list(channel_options())
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        self.channel = grpc.secure_channel(target, credentials, options=options) if credentials else \
+            grpc.insecure_channel(target, options=options)
         self._out: queue.Queue = queue.Queue()
         self.messages: queue.Queue = queue.Queue()
         self.error: grpc.RpcError | None = None

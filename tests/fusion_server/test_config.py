@@ -18,7 +18,7 @@ def test_defaults_and_overrides(tmp_path):
     path.write_text("cameras: [C1, C2]\ngrouping: {tolerance_ms: 15}\nsinks: {video: true}\n")
     c = load_config(path, {"device": "cpu", "listen": None})
     assert c.cameras == ("C1", "C2") and c.grouping.tolerance_ms == 15.0 and c.sinks.video
-    assert c.device == "cpu" and c.listen == "0.0.0.0:50051"
+    assert c.device == "cpu" and c.listen == "127.0.0.1:50051" and not c.insecure and not c.tls.enabled
 
 
 def test_empty_weights_flag_means_the_installed_weights(tmp_path, monkeypatch):

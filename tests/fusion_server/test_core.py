@@ -338,3 +338,30 @@ def test_half_close_ends_the_stream_once_every_frame_has_left(make_core, decoder
         await finish(core)
 
     asyncio.run(run())
+
+
+def test_a_stream_that_ends_while_waiting_for_a_decode_slot_loses_no_view_set(make_core, decoder, encoder, views):
+    """The grouper let the set go before the stream ended: it must still be decoded, or its views stay in flight
+    and the camera's ack sticks below them forever (found by the fault-proxy tests)."""
+    async def run():
+        core, _, _ = make_core(cameras=("C1",))
+        core.config = replace(core.config, decode=replace(core.config.decode, max_inflight_groups=1))
+        core._slots = asyncio.Semaphore(1)  # as FusionCore.__init__ builds it for max_inflight_groups=1
+        await started(core, decoder)
+        session, _ = await core.connect(hello(encoder, "C1"))
+        c1 = views["C1"]
+        await core.receive(session, packet(c1[0]))  # set 1 takes the only decode slot
+        reader = asyncio.create_task(core.receive(session, packet(c1[1])))  # set 2 waits for the slot ...
+        await asyncio.sleep(0)
+        reader.cancel()  # ... when the stream ends (the servicer cancels its reader task)
+        await asyncio.gather(reader, return_exceptions=True)
+        await core.wait_idle()
+        await core.disconnect(session)
+        session, _ = await core.connect(hello(encoder, "C1"))  # the node reconnects and resends what is unacked
+        for item in c1[1:]:
+            if core.acks.acked("C1") < item[0]:
+                await core.receive(session, packet(item))
+        await core.wait_idle()
+        return core.acks.acked("C1")
+
+    assert asyncio.run(run()) == len(views["C1"])

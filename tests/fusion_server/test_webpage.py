@@ -31,11 +31,11 @@ SLACK_S = 10.0  # deadlines allow this much on a loaded machine
 class PageThread:
     """A LivePage on its own event loop in a thread (in the app it shares the gRPC server's loop)."""
 
-    def __init__(self, max_connections: int, timeout_s: float):
+    def __init__(self, max_connections: int, timeout_s: float, **security):
         self.registry = CollectorRegistry()
         self.live = LiveView()
         self.page = LivePage(self.live, "127.0.0.1", 0, lambda: True, ServerMetrics(self.registry),
-                             max_connections=max_connections, timeout_s=timeout_s)
+                             max_connections=max_connections, timeout_s=timeout_s, **security)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-live-page", daemon=True)
 

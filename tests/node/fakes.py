@@ -92,6 +92,7 @@ class Store:
     hellos: list[pb.Hello] = field(default_factory=list)
     hello_times: list[float] = field(default_factory=list)  # time.monotonic() of each Hello
     metadata: list[dict[str, str]] = field(default_factory=list)
+    client_certs: list[bytes] = field(default_factory=list)  # PEM client certificate of each stream (TLS), b"" if none
 
     def acked(self, camera: str) -> int:
         return max(self.packets.get(camera) or {0: None})
@@ -118,6 +119,7 @@ class FakeFusion(FusionServicer):
         self.store.hellos.append(hello)
         self.store.hello_times.append(time.monotonic())
         self.store.metadata.append(dict(context.invocation_metadata()))
+        self.store.client_certs.append((context.auth_context().get("x509_pem_cert") or [b""])[0])
         if self.refuse:
             context.abort(*self.refuse)
         if self.expect_model and (hello.model_id, hello.weights_hash) != self.expect_model:
@@ -150,10 +152,12 @@ class FakeFusion(FusionServicer):
 class FakeServer:
     """Start/stop/restart a FakeFusion on one loopback port."""
 
-    def __init__(self, store: Store | None = None, port: int = 0, **servicer_args):
+    def __init__(self, store: Store | None = None, port: int = 0, credentials: grpc.ServerCredentials | None = None,
+                 **servicer_args):
         self.store = store or Store()
         self.servicer_args = servicer_args
         self.port = port
+        self.credentials = credentials  # mutual TLS when given
         self._server: grpc.Server | None = None
 
     @property
@@ -164,7 +168,9 @@ class FakeServer:
         self.servicer_args.update(servicer_args)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         add_FusionServicer_to_server(FakeFusion(self.store, **self.servicer_args), server)
-        port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        address = f"127.0.0.1:{self.port}"
+        port = server.add_secure_port(address, self.credentials) if self.credentials else \
+            server.add_insecure_port(address)
         assert port, f"cannot bind 127.0.0.1:{self.port}"
         self.port = port
         server.start()

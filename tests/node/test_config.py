@@ -151,3 +151,18 @@ def test_the_default_model_has_one_home():
         literals = [node.value for node in ast.walk(tree)
                     if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
         assert not [text for text in literals if DEFAULT_MODEL in text], f"{path.name} re-types {DEFAULT_MODEL}"
+
+
+def test_tls_flags_are_all_or_nothing_and_name_existing_files(tmp_path):
+    pem = tmp_path / "c1.crt"
+    pem.write_text("x")
+    args = build_parser().parse_args(["--camera", "C1", "--tls-ca", str(pem), "--tls-cert", str(pem), "--tls-key",
+                                      str(pem), "--tls-server-name", "fusion.lan"])
+    tls = config_from_args(args).tls
+    assert tls.enabled and (tls.ca, tls.cert, tls.key, tls.server_name) == (str(pem),) * 3 + ("fusion.lan",)
+    with pytest.raises(ConfigError, match="^tls: give all of tls.ca, tls.cert and tls.key"):
+        load_config(overrides={"camera": "C1", "tls.cert": str(pem)})
+    with pytest.raises(ConfigError, match="^tls.key: .* is not a file"):
+        load_config(overrides={"camera": "C1", "tls.ca": str(pem), "tls.cert": str(pem),
+                               "tls.key": str(tmp_path / "gone")})
+    assert not load_config(overrides={"camera": "C1"}).tls.enabled  # plaintext by default
