@@ -50,6 +50,20 @@ def spooled(spool: Path, camera: str) -> list[tuple[int, int]]:
     return sorted((int(p.name[:20]), int(p.stem.split("-")[1])) for p in folder.glob("*.mvic"))
 
 
+def assert_delivered_once(cluster: "Cluster", cameras, start_at_ns: int, frames: int) -> dict[str, float]:
+    """Every node of ``cameras`` exits 0, each camera's output holds exactly one PNG per capture time and no partial
+    file, and every spool is empty. Returns the server's metrics."""
+    codes = cluster.wait_nodes_done(cameras)
+    assert codes == {c: 0 for c in cameras}, cluster.logs()
+    expected = sorted(capture_times(start_at_ns, frames))
+    for cam in cameras:
+        assert png_names(cluster.out, cam) == expected, f"camera {cam}\n{cluster.logs()}"
+        assert not list((cluster.out / cam).glob("*.part")), f"partial files left in {cluster.out / cam}"
+        assert spooled(cluster.spool, cam) == [], f"spool of {cam} not empty"
+        assert not list((cluster.spool / cam).glob("*.part")), f"partial packets left in {cluster.spool / cam}"
+    return cluster.server_stats()
+
+
 def journal(out: Path) -> dict[str, int]:
     path = out / "acks.json"
     return json.loads(path.read_text())["cameras"] if path.exists() else {}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import FPS, capture_times, journal, png_names, spooled
+from tests.e2e.harness import FPS, assert_delivered_once, journal, png_names
 
 LEAD_S = 10.0  # the schedule starts once every node is up, so the disk fills mid-stream
 CAMERAS = ("C1", "C2")  # two nodes: the disk is what is tested, and three processes start faster than four
@@ -241,15 +241,8 @@ def _full_for_a_while(cluster, disk, start_at: int, evidence, what: str, timeout
 
 
 def _assert_every_frame_once(cluster, start_at: int) -> dict[str, float]:
-    codes = cluster.wait_nodes_done(CAMERAS)
-    assert codes == {c: 0 for c in CAMERAS}, cluster.logs()
-    expected = sorted(capture_times(start_at, FRAMES))
-    stats = cluster.server_stats()
+    stats = assert_delivered_once(cluster, CAMERAS, start_at, FRAMES)
     for cam in CAMERAS:
-        assert png_names(cluster.out, cam) == expected, f"camera {cam}\n{cluster.logs()}"
-        assert not list((cluster.out / cam).glob("*.part")), f"partial files left in {cluster.out / cam}"
-        assert spooled(cluster.spool, cam) == [], f"spool of {cam} not empty"
-        assert not list((cluster.spool / cam).glob("*.part")), f"partial packets left in {cluster.spool / cam}"
         assert stats[f'mvic_server_frames_written_total{{camera="{cam}"}}'] == FRAMES, \
             f"{cam}: a frame was written twice or not at all; {stats}\n{cluster.logs()}"
     assert journal(cluster.out) == {c: FRAMES for c in CAMERAS}
