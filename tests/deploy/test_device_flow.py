@@ -40,11 +40,12 @@ def test_dry_run_fits_the_window_and_the_file_cap(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(out),
            "MVIC_DEVICE": "cpu", "MVIC_DEVICE_WHEELS": "none", "MVIC_BENCH_SECONDS": "10"}
     t0 = time.monotonic()
-    done = subprocess.run(["bash", "scripts/device-train.sh", "45", str(cfg)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    window_s = 75  # 25 s export reserve + 10 s benchmark leave training 40 s, imports included (slow on a busy CPU)
+    done = subprocess.run(["bash", "scripts/device-train.sh", str(window_s), str(cfg)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=3 * window_s)
     seconds = time.monotonic() - t0
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert seconds < 45 + 10  # the budget holds (a little slack for the process start)
+    assert seconds < window_s + 10  # the budget holds (a little slack for the process start)
     files = [p for p in out.rglob("*") if p.is_file()]
     assert 0 < len(files) <= 8
     assert all(p.stat().st_size <= 16 << 20 and len(p.relative_to(out).parts) <= 3 for p in files)
