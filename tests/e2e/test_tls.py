@@ -8,7 +8,7 @@ import time
 from tests.e2e.harness import assert_delivered_once, journal
 from tests.pki import CA, DOMAIN
 
-FRAMES = 16
+FRAMES = 40  # 10 s at 4 fps: C1 still streams when its renewed certificate is noticed (0.2 s checks)
 CAMERAS = ("C1", "C2")
 
 
