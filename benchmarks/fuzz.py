@@ -7,8 +7,8 @@ any value with the CRC made valid again, valid headers declaring other sizes (up
 streams replaced, flipped or cut, and issue 13's crashing 0xFF run. Every case must end decoded or refused with a
 named MVIC error; anything else is counted as a failure with its bytes' sha256 prefix. A crash ends the process (no
 summary): the exit status tells. Prints outcome counts, the slowest case and the peak RSS.
-The server side of the campaign (the same packets over gRPC to a running mvic-server) is ``tests/e2e`` and
-``benchmarks/fuzz_server.py``.
+The server side of the campaign (hostile sessions over gRPC to a running mvic-server) is
+``benchmarks/fuzz_server.py`` (bounded in the suite: ``tests/fusion_server/test_fuzz_wire.py``).
 """
 
 from __future__ import annotations

@@ -103,6 +103,14 @@ def packet(item, sequence: int | None = None, bitstream: bytes | None = None) ->
                           bits if bitstream is None else bitstream, WALL_NS)
 
 
+async def deliver(core: FusionCore, session, items) -> int:
+    """Receive ``items`` on ``session``, let every decode finish, and return the last ack the session got."""
+    for item in items:
+        await core.receive(session, packet(item))
+    await core.wait_idle()
+    return acks_of(session.take_events())[-1]
+
+
 def damaged(item) -> bytes:
     """The same packet with flipped payload bits: it parses, only the entropy decoder can tell."""
     view = unpack(item[2])
@@ -164,10 +172,7 @@ def test_a_rejected_packet_leaves_no_trace(make_core, decoder, encoder, views, t
         (event,) = session.take_events()
         assert isinstance(event.error, MalformedPacketError) and event.error.sequence == 2**64 - 1
         assert core.acks.acked("C1") == 0 and not core.acks.holds_slot("C1")
-        for i in range(3):
-            await core.receive(session, packet(views["C1"][i]))
-        await core.wait_idle()
-        assert acks_of(session.take_events())[-1] == 3
+        assert await deliver(core, session, views["C1"][:3]) == 3
         await finish(core)
         return registry
 
@@ -218,10 +223,7 @@ def test_a_failed_write_releases_the_frame_and_its_resend_is_written(make_core, 
         await core.disconnect(session)
         again, welcome = await core.connect(hello(encoder, "C1"))
         assert welcome.acked_sequence == 0
-        for i in range(3):
-            await core.receive(again, packet(views["C1"][i]))
-        await core.wait_idle()
-        assert acks_of(again.take_events())[-1] == 3
+        assert await deliver(core, again, views["C1"][:3]) == 3
         await finish(core)
         return registry
 
