@@ -9,6 +9,8 @@ One frame's path, module by module:
                   dropping (the Hello and idle deadlines are enforced by the servicer and the core)
     servicer.py   Fusion.Stream: Hello -> core.connect -> Welcome; ViewPackets -> core.receive   (the only gRPC code,
                   with status.py, where domain errors become status codes)
+    cluster.py    with several servers: the live membership (resolve cluster.peers, TCP probes), which camera groups
+                  this server owns; ring.py: the same ring as the nodes' gRPC ring_hash channels
     core.py       checks a packet (sequence via the ack book, size, bitstream, model), admits it, dispatches
                   ready view sets (one timestamp's views of a camera group), settles each frame once
     grouper.py    view sets by capture time (mvic.shared.view_sets); waits at most max_wait for the rest
@@ -16,7 +18,7 @@ One frame's path, module by module:
                   on the device; a bad view is dropped, the others decoded
     sinks.py      PNG per camera (atomic) and/or one video per camera
     acks.py       the ack book: sequence checks, camera slots, cumulative acks journalled in out/acks.json
-                  before the Ack is sent
+                  (out/.servers/<self>/acks.json in a cluster) before the Ack is sent
     session.py    per-stream outbox (acks, PacketErrors, close) the servicer sends back
     live.py, webpage.py   live page: mosaic of the newest views, per-camera stats
     metrics.py    Prometheus metrics (mvic_server_*)

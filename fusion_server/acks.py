@@ -224,6 +224,14 @@ class AckBook:
             cam.in_flight.remove(sequence)
             cam.retry.add(sequence)
 
+    def resumed_at(self, camera: str, sequence: int) -> None:
+        """A new stream of the camera sent ``sequence`` first: a node resends in sequence order from its oldest
+        unacknowledged frame, so a released frame below it is one the node no longer holds (another server of a
+        cluster stored it, or the node's spool dropped it). It stops holding the ack."""
+        cam = self._cameras.get(camera)
+        if cam is not None and cam.retry:
+            cam.retry = {s for s in cam.retry if s >= sequence}
+
 
 def _write(path: Path, body: bytes) -> None:
     write_atomic(path, body, durable=True)

@@ -1,13 +1,15 @@
 """The orchestrator: one start order, the reverse stop order, one stop event from ``main``.
 
-Start: metrics endpoint -> core (ack book and its journal, sink and timeout tasks) -> gRPC server (mutual TLS with
-``tls``; plaintext on loopback, or anywhere with ``insecure``: a WARNING) with health NOT_SERVING -> live page ->
+Start: metrics endpoint -> core (ack book and its journal, sink and timeout tasks) -> cluster membership (with
+``cluster.peers``: resolved and probed once, then every ``cluster.refresh_s``; ``cluster.Membership``) -> gRPC
+server (mutual TLS with ``tls``; plaintext on loopback, or anywhere with ``insecure``: a WARNING) with health
+NOT_SERVING -> live page ->
 model load (on a thread; plus a CPU copy for the entropy workers when decoding on a GPU) -> decode pipeline; health
 turns SERVING and streams are taken once it is in memory. A damaged ack journal stops the start with
 ``errors.AckJournalError``, which ``mvic-server`` reports in one line.
-Stop (SIGTERM/SIGINT in ``cli.main`` set the stop event): health NOT_SERVING -> core drain (open view sets decoded,
-written, acked; streams told to reconnect) -> gRPC server stop -> live page -> core (decode pipeline, sinks) ->
-metrics.
+Stop (SIGTERM/SIGINT in ``cli.main`` set the stop event): health NOT_SERVING -> membership -> core drain (open
+view sets decoded, written, acked; streams told to reconnect) -> gRPC server stop -> live page -> core (decode
+pipeline, sinks) -> metrics.
 
 The data path itself is receive (``servicer``) -> group (``grouper``) -> joint decode (``decoder``: entropy on CPU
 workers, batched synthesis on the device) -> sink (``sinks``) -> ack (``acks``), wired by ``core.FusionCore``.
@@ -22,8 +24,9 @@ from collections.abc import Callable
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from mvic.fusion_server.cluster import Membership
 from mvic.fusion_server.config import ServerConfig, is_loopback, split_host_port
 from mvic.fusion_server.core import FusionCore
 from mvic.fusion_server.decoder import GroupDecoder, resolve_device
@@ -34,25 +37,11 @@ from mvic.fusion_server.tls import server_credentials
 from mvic.fusion_server.webpage import LivePage, read_token, tls_context
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import load_model, weights_source
+from mvic.shared.metrics_endpoint import start_metrics
 from mvic.shared.rpc import SERVICE_NAME, server_options
 from mvic.shared.rpc.hello import mvic_version
 
 log = logging.getLogger(__name__)
-
-
-def start_metrics(host: str, port: int, registry: CollectorRegistry):
-    """Prometheus ``/metrics`` on ``host:port`` (a thread of prometheus_client); the server, to ``shutdown()``.
-    The endpoint has no auth: another address than loopback is logged as a WARNING."""
-    try:
-        server, _ = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        raise OSError(f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); stop the program that holds "
-                      "it or choose another --metrics-port / --metrics-host") from None
-    log.info("metrics on %s:%d/metrics", host, server.server_port)
-    if not is_loopback(host):
-        log.warning("metrics on %s:%d are open to anyone who can reach this host (no auth; camera ids and rates): "
-                    "keep the port off public networks or bind --metrics-host 127.0.0.1", host, server.server_port)
-    return server
 
 
 class FusionApp:
@@ -64,6 +53,7 @@ class FusionApp:
         self.live = LiveView(config.max_cameras)
         self._model_loader = model_loader or self._load_model
         self.core: FusionCore | None = None
+        self.membership: Membership | None = None
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._page: LivePage | None = None
@@ -79,8 +69,15 @@ class FusionApp:
         c = self.config
         if c.metrics_port:
             self._metrics_server = start_metrics(c.metrics_host, c.metrics_port, self.registry)
-        self.core = FusionCore(c, self.metrics, self.live, server_version=mvic_version())
+        if c.cluster.enabled:
+            self.membership = Membership(c.cluster, on_change=self._rehome)
+        self.core = FusionCore(c, self.metrics, self.live, server_version=mvic_version(), membership=self.membership)
         await self.core.start()
+        if self.membership is not None:
+            await self.membership.start()
+            log.info("cluster: this server is %s of %s (%s); it serves the camera groups the ring assigns it; ack "
+                     "journal %s", self.membership.self_address, c.cluster.peers, ", ".join(self.membership.members),
+                     self.core.acks.path)
         self._server = grpc.aio.server(options=server_options(c.max_packet_bytes))
         add_to_server(FusionServicer(self.core), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -131,18 +128,21 @@ class FusionApp:
         model = await asyncio.to_thread(self._model_loader, device)
         # Entropy decoding runs on CPU workers: with a GPU for synthesis they get a CPU copy of the same weights.
         entropy_model = model if device == "cpu" else await asyncio.to_thread(self._model_loader, "cpu")
-        self.core.attach_decoder(GroupDecoder(model, entropy_model), on_device_fault=self._device_fault)
+        decoder = GroupDecoder(model, entropy_model, precision=c.decode.precision)
+        self.core.attach_decoder(decoder, on_device_fault=self._device_fault)
         self.metrics.model_loaded.set(1)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("model %s (weights %s) loaded: entropy decoding on %d CPU worker(s), synthesis on %s in batches of "
-                 "up to %d view sets: serving", model.spec.name, model.weights_hash.hex(), c.decode.workers, device,
-                 c.decode.max_batch)
+        log.info("model %s (weights %s) loaded: entropy decoding on %d CPU worker(s), synthesis on %s in %s in "
+                 "batches of up to %d view sets: serving", model.spec.name, model.weights_hash.hex(), c.decode.workers,
+                 device, decoder.synthesis_precision.value, c.decode.max_batch)
 
     async def stop(self) -> None:
         """Reverse order; safe after a partial start."""
         log.info("stopping: draining in-flight view sets (up to %.1f s)", self.config.shutdown_grace_s)
         await self.health.enter_graceful_shutdown()
         self.metrics.model_loaded.set(0)
+        if self.membership is not None:
+            await self.membership.stop()
         if self.core is not None:
             await self.core.drain(self.config.shutdown_grace_s)
         if self._server is not None:
@@ -161,6 +161,10 @@ class FusionApp:
             await stop.wait()
         finally:
             await self.stop()
+
+    async def _rehome(self) -> None:
+        if self.core is not None:
+            await self.core.rehome()
 
     def _device_fault(self, reason: str) -> None:
         """Synthesis left the GPU for the CPU: frames keep flowing, slower; health says NOT_SERVING so that an

@@ -4,6 +4,8 @@
     mvic-server --listen 0.0.0.0:50051 --set tls.cert=server.crt --set tls.key=server.key --set tls.client_ca=ca.crt
     mvic-server --device cpu --config server.yaml --set grouping.max_wait_ms=500
     mvic-server --config server.yaml --validate-config                # check, print the effective config, exit
+    mvic-server --listen 0.0.0.0:50051 --insecure --cluster-peers dns:///mvic-server.mvic.svc.cluster.local:50051 \
+                --cluster-self 10.1.2.3:50051                         # one of N servers (README: Scaling out)
 
 Settings come from ``--config server.yaml`` (``config.ServerConfig`` documents every key), then ``--set KEY=VALUE``,
 then the named flags below: the command-line dialect of ``mvic.shared.config``, the same as ``mvic-node``'s.
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "URI SAN names its camera and group")
     tls.add_argument("--tls-revoked", metavar="FILE",
                      help="revoked certificate serials (hex) or camera ids, one per line; re-read when it changes")
+    tls.add_argument("--tls-tokens", metavar="FILE",
+                     help="optional per-camera bearer tokens on top of the certificates: '<camera> sha256:<hex>' "
+                          "lines (mvic-certs token); re-read when it changes")
     p.add_argument("--model", help=f"architecture the nodes code with (default {DEFAULT_MODEL})")
     p.add_argument("--weights", metavar="FILE",
                    help="weights .safetensors (default: the installed weights of --model); an empty value "
@@ -80,16 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics port")
     p.add_argument("--metrics-host", metavar="HOST", help="address /metrics binds (default 127.0.0.1)")
     p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
+    cl = p.add_argument_group("cluster (several servers; README: Scaling out)")
+    cl.add_argument("--cluster-peers", metavar="NAME",
+                    help="the name the nodes connect to, resolving to every server: dns:///host:port or "
+                         "ipv4:a:port,b:port (default: none, this server owns every camera group)")
+    cl.add_argument("--cluster-self", metavar="HOST:PORT",
+                    help="this server's address as --cluster-peers resolves it (e.g. the pod IP:50051)")
+    cl.add_argument("--cluster-name", metavar="NAME",
+                    help="a stable name for this server's ack journal (out/.servers/NAME; default: --cluster-self), "
+                         "e.g. the StatefulSet pod's name, whose IP changes across restarts")
     return p
 
 
 _FLAG_KEYS = {
     "device": "device", "listen": "listen", "insecure": "insecure", "tls_cert": "tls.cert", "tls_key": "tls.key",
-    "tls_client_ca": "tls.client_ca", "tls_revoked": "tls.revoked", "model": "model", "weights": "weights",
+    "tls_client_ca": "tls.client_ca", "tls_revoked": "tls.revoked", "tls_tokens": "tls.tokens", "model": "model", "weights": "weights",
     "out": "out",
     "cameras": "cameras", "video": "sinks.video", "http": "http", "http_token_file": "http_token_file",
     "http_cert": "http_cert", "http_key": "http_key", "metrics_port": "metrics_port", "metrics_host": "metrics_host",
-    "log_level": "log_level",
+    "log_level": "log_level", "cluster_peers": "cluster.peers", "cluster_self": "cluster.self", "cluster_name": "cluster.name",
 }
 
 

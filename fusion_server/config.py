@@ -16,6 +16,8 @@ stage (receive -> group -> joint decode -> sink) its section. Errors start with 
                                    # domains are refused (mvic.shared.identity)
       revoked: ""                  # file of revoked certificate serials (hex) or camera ids, one per line, '#'
                                    # comments; re-read when it changes; a revoked camera is cut off at its next message
+      tokens: ""                   # optional, on top of the certificates: file of "<camera> sha256:<hex>" lines
+                                   # (mvic-certs token); every camera must then send its bearer token; re-read on change
       reload_s: 2.0                # look at the files for changes at most this often, seconds
     device: auto                   # auto (cuda:0 when present, else cpu), cpu, cuda, cuda:N
     model: ldmic-fast-lite         # architecture the nodes code with
@@ -55,6 +57,8 @@ stage (receive -> group -> joint decode -> sink) its section. Errors start with 
                                    # the device takes what is ready, it never waits for a batch to fill
       max_inflight_groups: 8       # groups between the grouper and the ack; more makes streams wait
       torch_threads: 0             # torch intra-op threads (0 = torch's default)
+      precision: auto              # synthesis arithmetic: auto (bf16 on a CPU with native bf16, 3-4x faster for
+                                   # under 0.1 dB; fp32 elsewhere), fp32, bf16; entropy decoding is exact anyway
     sinks:
       png: true                    # out/<camera>/<name>.png, written atomically; acks wait for it
       png_name: sequence           # sequence (zero-padded) or capture_ns
@@ -73,22 +77,35 @@ stage (receive -> group -> joint decode -> sink) its section. Errors start with 
     metrics_port: 0                # Prometheus /metrics port (0 = none)
     metrics_host: 127.0.0.1        # address the metrics bind (no auth there: another host logs a WARNING)
     shutdown_grace_s: 10.0         # SIGTERM: time to drain in-flight groups and deliver the last acks
+    cluster:                       # several servers sharing the cameras, one camera group per server (README:
+                                   # "Scaling out"; mvic.fusion_server.cluster)
+      peers: ""                    # "" = one server that owns every group; else the name the nodes connect to,
+                                   # resolving to every server: dns:///mvic-server.mvic.svc.cluster.local:50051 or
+                                   # ipv4:10.0.0.1:50051,10.0.0.2:50051 (a bare host:port is a DNS name)
+      self: ""                     # this server's address as it appears in that membership (host:port, e.g. the
+                                   # pod IP:50051); required with peers
+      name: ""                     # this server's stable name for its ack journal, out/.servers/<name>/acks.json
+                                   # (one per server of a shared output store); "" = self. Give it where self
+                                   # changes across restarts (a StatefulSet pod's name), so a restart finds its journal
+      refresh_s: 2.0               # re-resolve and re-probe the membership this often, seconds
+      probe_timeout_s: 1.0         # a member is alive when a TCP connect to it succeeds within this long
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mvic.fusion_server.errors import ConfigError as ConfigError  # re-exported: config errors are the shared kind
+from mvic.shared.addresses import is_loopback, split_host_port  # noqa: F401 (re-exported)
 from mvic.shared.bitstream import MAX_SIDE, PAD_MULTIPLE
 from mvic.shared.config import LOG_LEVELS, build, read_yaml, require, set_dotted
 from mvic.shared.errors import IdError
+from mvic.shared.fileio import safe_name
 from mvic.shared.identity import DEFAULT_TRUST_DOMAIN, camera_identity
-from mvic.shared.ids import validate_camera_id
+from mvic.shared.ids import display, validate_camera_id
 from mvic.shared.model_table import DEFAULT_MODEL, MODELS_BY_NAME
 from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, DEFAULT_PORT
 
@@ -96,6 +113,9 @@ PNG_NAMES = ("sequence", "capture_ns")
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[\w.\-]+):\d{1,5}$")
 _HOST = re.compile(r"^(\[?[0-9a-fA-F:]+\]?|[\w.\-]+)$")
 _PORT = re.compile(r"^\d{1,5}$")
+_ADDRESS = r"(\[[0-9a-fA-F:.]+\]|[\w.\-]+):\d{1,5}"
+_PEERS = re.compile(rf"^(dns:(///?|//[\w.\-:]+/)?{_ADDRESS}|ipv[46]:{_ADDRESS}(,{_ADDRESS})*|{_ADDRESS})$")
+_JOURNAL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -129,6 +149,7 @@ class DecodeConfig:
     max_batch: int = 4
     max_inflight_groups: int = 8
     torch_threads: int = 0
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -146,11 +167,25 @@ class TlsConfig:
     client_ca: str = ""
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     revoked: str = ""
+    tokens: str = ""
     reload_s: float = 2.0
 
     @property
     def enabled(self) -> bool:
         return bool(self.cert)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    peers: str = ""
+    self: str = ""
+    refresh_s: float = 2.0
+    probe_timeout_s: float = 1.0
+    name: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.peers)
 
 
 @dataclass(frozen=True)
@@ -180,6 +215,15 @@ class ServerConfig:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     shutdown_grace_s: float = 10.0
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def journal_dir(self) -> Path:
+        """Where the ack journal lives: ``out``, or ``out/.servers/<cluster.name or cluster.self>`` in a cluster
+        (each server its own journal in a shared output store; the PNGs themselves stay shared)."""
+        if not self.cluster.enabled:
+            return Path(self.out)
+        return Path(self.out) / ".servers" / safe_name(self.cluster.name or self.cluster.self)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ServerConfig:
@@ -228,6 +272,7 @@ def validate(c: ServerConfig) -> None:
     require(1 <= d.max_batch <= 64, "decode.max_batch", "must be 1..64")
     require(d.max_inflight_groups >= d.workers, "decode.max_inflight_groups", "must be >= decode.workers")
     require(d.torch_threads >= 0, "decode.torch_threads", "must be >= 0")
+    require(d.precision in ("auto", "fp32", "bf16"), "decode.precision", "must be auto, fp32 or bf16")
     require(c.sinks.png_name in PNG_NAMES, "sinks.png_name", f"must be one of {', '.join(PNG_NAMES)}")
     require(0 < c.sinks.video_fps <= 1000, "sinks.video_fps", "must be in (0, 1000]")
     require(not c.http or bool(_HOST_PORT.match(c.http) or _PORT.match(c.http)), "http",
@@ -241,6 +286,23 @@ def validate(c: ServerConfig) -> None:
     require(0 <= c.metrics_port < 65536, "metrics_port", "must be 0..65535")
     require(bool(_HOST.match(c.metrics_host)), "metrics_host", f"{c.metrics_host!r} is not a host name or address")
     require(c.shutdown_grace_s >= 0, "shutdown_grace_s", "must be >= 0")
+    _validate_cluster(c.cluster)
+
+
+def _validate_cluster(k: ClusterConfig) -> None:
+    if not k.peers:
+        require(not k.self, "cluster.self", "only used with cluster.peers")
+        require(not k.name, "cluster.name", "only used with cluster.peers")
+        return
+    require(bool(_PEERS.match(k.peers)), "cluster.peers",
+            f"{k.peers!r} is not dns:///host:port, ipv4:a:port,b:port, ipv6:[a]:port,... or host:port")
+    require(bool(k.self), "cluster.self", "required with cluster.peers: this server's address as the peers name "
+                                          "resolves it (host:port, e.g. the pod IP:50051); --cluster-self")
+    require(bool(_HOST_PORT.match(k.self)), "cluster.self", f"{k.self!r} is not host:port")
+    require(0 < k.refresh_s <= 3600, "cluster.refresh_s", "must be in (0, 3600] seconds")
+    require(0 < k.probe_timeout_s <= 60, "cluster.probe_timeout_s", "must be in (0, 60] seconds")
+    require(not k.name or bool(_JOURNAL_NAME.match(k.name)), "cluster.name",
+            f"{display(k.name)} must be 1..63 letters, digits, '.', '_' or '-'")
 
 
 def _validate_tls(c: ServerConfig) -> None:
@@ -253,26 +315,11 @@ def _validate_tls(c: ServerConfig) -> None:
         raise ConfigError(f"tls.trust_domain: {exc}") from None
     require(0 < t.reload_s <= 3600, "tls.reload_s", "must be in (0, 3600] seconds")
     require(not t.revoked or t.enabled, "tls.revoked", "revocation needs tls (certificates to revoke)")
-    for key in ("cert", "key", "client_ca", "revoked"):
+    require(not t.tokens or t.enabled, "tls.tokens", "bearer tokens need tls (they must not travel in the clear)")
+    for key in ("cert", "key", "client_ca", "revoked", "tokens"):
         path = getattr(t, key)
         require(not path or Path(path).is_file(), f"tls.{key}", f"{path} is not a file")
     if not t.enabled and not c.insecure:
         require(is_loopback(split_host_port(c.listen)[0]), "listen",
                 f"{c.listen} is not a loopback address and tls is not configured: configure tls (cert, key, "
                 "client_ca; mvic-certs makes them) or pass --insecure (insecure: true) to serve plaintext anyway")
-
-
-def is_loopback(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def split_host_port(address: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """``(host, port)``; a bare port (``http: "8080"``) is on ``default_host``."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or default_host, int(port)

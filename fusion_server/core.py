@@ -6,6 +6,8 @@ Hop after: events in each camera's ``session.Session`` outbox, which the service
 
 A data plane a frame enters once and leaves once:
 
+* where: in a cluster (``cluster.Membership``) ``connect`` takes only the camera groups this server owns
+  (``errors.NotOwnerError`` names the owner) and ``rehome`` ends the streams of groups that moved elsewhere.
 * who: ``connect`` takes a stream only when its peer may be the camera its Hello names (``peer``: with mutual TLS
   the client certificate must prove camera and group and not be revoked, and a revoked camera is cut off at its next
   message; without TLS a camera's open stream is replaced only from the same client address).
@@ -41,13 +43,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mvic.fusion_server.acks import AckBook, Admission
 from mvic.fusion_server.admission import DropCounts, check_capture_time
+from mvic.fusion_server.cluster import Membership
 from mvic.fusion_server.config import ServerConfig
 from mvic.fusion_server.decoder import DecodePipeline, GroupDecoder, decode_units
 from mvic.fusion_server.errors import (
     BadHelloError,
+    ConfigError,
     DecodeFailedError,
     IncompatibleNodeError,
     MalformedPacketError,
+    NotOwnerError,
     NotReadyError,
     OutOfOrderError,
     PacketRejected,
@@ -72,6 +77,7 @@ from mvic.fusion_server.records import (
     ViewSet,
 )
 from mvic.fusion_server.session import Session
+from mvic.fusion_server.tokens import CameraTokens
 from mvic.fusion_server.sinks import FrameSinks
 from mvic.shared.bitstream import ViewBitstream, unpack
 from mvic.shared.errors import BitstreamError, HelloError
@@ -84,12 +90,13 @@ log = logging.getLogger(__name__)
 class FusionCore:
     def __init__(self, config: ServerConfig, metrics: ServerMetrics, live: LiveView, *, server_version: str,
                  clock: Callable[[], float] = time.monotonic, wall_ns: Callable[[], int] = time.time_ns,
-                 sinks: FrameSinks | None = None):
+                 sinks: FrameSinks | None = None, membership: Membership | None = None):
         self.config = config
+        self.membership = membership  # None: one server, which owns every camera group
         self.metrics = metrics
         self.live = live
         self.server_version = server_version
-        self.acks = AckBook(config.out, config.max_cameras)
+        self.acks = AckBook(config.journal_dir, config.max_cameras)
         self.sinks = sinks or FrameSinks(config.out, png=config.sinks.png, png_name=config.sinks.png_name,
                                          video=config.sinks.video, video_fps=config.sinks.video_fps)
         self._clock = clock
@@ -107,6 +114,11 @@ class FusionCore:
         self._tasks: list[asyncio.Task] = []
         self._accepting = True
         self._revocations = Revocations(config.tls.revoked, config.tls.reload_s)
+        try:
+            self._tokens = CameraTokens(config.tls.tokens, config.tls.reload_s)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"tls.tokens: {config.tls.tokens}: {getattr(exc, 'strerror', None) or exc}; fix the "
+                              "file (lines '<camera> sha256:<hex>', made by mvic-certs token)") from None
 
     # ----------------------------------------------------------------------------------------- life cycle
     async def start(self) -> None:
@@ -179,6 +191,7 @@ class FusionCore:
         camera = hello.camera_id
         if self.config.tls.enabled:
             check_identity(peer, camera, hello.group_id, self.config.tls.trust_domain)
+        self._tokens.check(camera, metadata)
         self._revocations.check(peer, camera)
         if not self.acks.has_room(camera):
             raise TooManyCamerasError(
@@ -214,7 +227,8 @@ class FusionCore:
         grouper = self._groupers.get(session.group)
         if grouper is not None and self._accepting:
             now = self._clock()
-            if not session.input_done:  # a broken stream, not a node that stopped
+            moved = isinstance(session.close_error, NotOwnerError)  # sent to its group's new owner: not awaited
+            if not session.input_done and not moved:  # a broken stream, not a node that stopped
                 if not isinstance(session.close_error, NotReadyError):  # the server's own fault (storage) is no drop
                     self._drops.dropped(session.camera)
                 if self.acks.holds_slot(session.camera) and not self._drops.excluded(session.camera):
@@ -238,6 +252,7 @@ class FusionCore:
                 f"camera {cam!r} is not in this server's camera list ({', '.join(self.config.cameras)}); "
                 "add it to cameras in server.yaml or fix the node's --camera"
             )
+        self._check_owner(hello.group_id)  # where the stream belongs, before what it codes with
         dec = self._decoder
         if hello.format_version != dec.format_version:
             side = "the server" if hello.format_version > dec.format_version else "the node"
@@ -247,6 +262,38 @@ class FusionCore:
             )
         dec.check_node(hello)  # model and weights: the codec's one rule (IncompatibleNodeError)
 
+    # ------------------------------------------------------------------------------------------ ownership
+    def _check_owner(self, group: str) -> None:
+        if self.membership is not None and not self.membership.owns(group):
+            raise NotOwnerError(f"camera group {display(group)} is served by {self.membership.owner(group)} in this "
+                                "cluster; reconnect (re-resolving the servers' name) and the node's ring_hash channel "
+                                "picks it", self.membership.owner(group))
+
+    async def rehome(self) -> None:
+        """The membership changed (``cluster.Membership.on_change``): end the streams of the camera groups another
+        server owns now, and decode their open view sets at once; their frames admitted here are still written and
+        acknowledged, the rest is resent to the new owner."""
+        if self.membership is None:
+            return
+        moved: set[str] = set()
+        for session in list(self._sessions.values()):
+            if session.closed or self.membership.owns(session.group):
+                continue
+            owner = self.membership.owner(session.group)
+            moved.add(session.group)
+            self.metrics.streams_moved.inc()
+            session.close("the camera group moved to another server", NotOwnerError(
+                f"camera group {display(session.group)} moved to {owner} in this cluster; reconnect to it", owner))
+        now = self._clock()
+        for group in moved:
+            if (grouper := self._groupers.get(group)) is not None:
+                await self._dispatch(grouper.flush(now))
+        if moved:
+            log.info("cluster: camera group(s) %s moved away; their streams end and their open view sets are "
+                     "decoded now", ", ".join(sorted(display(g) for g in moved)))
+        alive = len(self.membership.view.alive & set(self.membership.members))
+        self.metrics.cluster_members.labels("alive").set(alive)
+        self.metrics.cluster_members.labels("dead").set(len(self.membership.members) - alive)
 
     # -------------------------------------------------------------------------------------------- receive
     async def receive(self, session: Session, packet: IncomingPacket) -> None:
@@ -258,9 +305,13 @@ class FusionCore:
             self._revocations.check(session.peer, camera)
         except RevokedError as exc:  # revoked while its stream was open: cut off at this message
             log.warning("camera %s (peer %s) is cut off: %s", camera, session.peer.describe(), exc)
+            self.metrics.revoked.inc()
             session.close("revoked", exc)
             return
         session.last_message_s = self._clock()
+        if not session.first_sequence and seq:
+            session.first_sequence = seq
+            self.acks.resumed_at(camera, seq)  # frames released here that the node no longer holds
         self.metrics.packets.labels(camera).inc()
         self.metrics.packet_bytes.labels(camera).inc(len(packet.bitstream))
         try:
@@ -379,6 +430,7 @@ class FusionCore:
                     and self._groupers.get(group_id) is grouper:
                 del self._groupers[group_id]  # camera groups come and go: keep only live ones
         self.metrics.open_groups.set(sum(g.open_sets for g in self._groupers.values()))
+        self.metrics.owned_groups.set(len({s.group for s in self._sessions.values()}))
 
     async def _expire_loop(self) -> None:
         while True:

@@ -5,7 +5,8 @@
     └── ServerError
         ├── AckJournalError           out/acks.json cannot be read; mvic-server will not start until it is fixed
         ├── NotReadyError             the model is still loading or the server is draining; retry later
-        │   └── StorageError              a camera's frames could not be stored; reconnect and resend them
+        │   ├── StorageError              a camera's frames could not be stored; reconnect and resend them
+        │   └── NotOwnerError             (cluster) another server owns the camera group; reconnect at once
         ├── StreamError               the stream breaks the protocol (no Hello first, a second Hello, a message
         │                             that is not a mvic.v1.NodeMessage)
         ├── StreamTimeoutError        no Hello within admission.hello_timeout_s, or nothing within idle_timeout_s
@@ -17,6 +18,7 @@
         │   ├── TooManyCamerasError       more distinct cameras than max_cameras
         │   ├── IncompatibleNodeError     other model id, weights hash or bitstream format version
         │   ├── IdentityError             (mTLS) the client certificate names another camera, group or trust domain
+        │   ├── TokenError                (tls.tokens) no bearer token, or not the camera's one
         │   ├── RevokedError              (mTLS) the certificate's serial or camera is in tls.revoked; also ends an
         │   │                             open stream at its next message
         │   └── CameraInUseError          (plaintext) the camera is connected from another address; a stream may
@@ -52,6 +54,16 @@ class NotReadyError(ServerError):
 class StorageError(NotReadyError):
     """Reconstructions (or the ack journal) could not be written: disk full, too many open files. The camera's
     stream ends so that its node reconnects and resends the frames, which are then decoded and written again."""
+
+
+class NotOwnerError(NotReadyError):
+    """In a cluster, another server owns the stream's camera group (``cluster.Membership``), or took it over while
+    the stream was open. The node re-resolves the servers' name and reconnects at once: its ring_hash channel then
+    picks the owner (``owner``, also sent in the ``mvic-owner`` trailer)."""
+
+    def __init__(self, message: str, owner: str):
+        super().__init__(message)
+        self.owner = owner
 
 
 class StreamError(ServerError):
@@ -92,6 +104,10 @@ class IncompatibleNodeError(HandshakeError):
 
 class IdentityError(HandshakeError):
     """The stream's client certificate does not prove the camera its Hello names (or proves no camera at all)."""
+
+
+class TokenError(HandshakeError):
+    """``tls.tokens`` is configured and the stream carries no bearer token, or not the one of its camera."""
 
 
 class RevokedError(HandshakeError):

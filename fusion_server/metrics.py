@@ -4,10 +4,11 @@ Every stage reports here: receive (packets, bytes, rejections, duplicates), grou
 (seconds per ``stage``: entropy, synthesis; view sets per device batch), sink (write seconds, errors), ack (latency).
 The live page reports its open connections and the ones its limits closed.
 Names have the ``mvic_server_`` prefix and base units; labels come from bounded sets only: ``camera`` (at most
-``max_cameras`` values), ``reason`` (``REJECT_REASONS``, the PacketRejected kinds; ``HTTP_DROP_REASONS`` for
-the live page), ``outcome`` (``OUTCOMES``), ``stage`` (``DECODE_STAGES``). The stages report typed records
-(``view_set_decoded``, ``frame_written``, ``packet_rejected``); the metric names that say "group" predate the word
-"view set" and are kept so that dashboards keep working: there, a group is one timestamp's views.
+``max_cameras`` values), ``group`` (the camera groups of those cameras), ``reason`` (``REJECT_REASONS``, the
+PacketRejected kinds; ``HTTP_DROP_REASONS`` for the live page), ``outcome`` (``OUTCOMES``), ``stage``
+(``DECODE_STAGES``). The stages report typed records (``view_set_decoded``, ``frame_written``,
+``packet_rejected``); the metric names that say "group" predate the word "view set" and are kept so that
+dashboards keep working: there, a group is one timestamp's views.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ REJECT_REASONS = ("malformed", "capture_time", "too_large", "too_many_pixels",
                   "model_mismatch", "decode_failed", "out_of_order")
 DECODE_STAGES = ("entropy", "synthesis")
 OUTCOMES = ("complete", "partial")  # a view set with every expected camera, or decoded without some
+VIEW_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 # Why the live page's HTTP server closed a connection itself (webpage.LivePage): the cap reached with none waiting
 # (busy), the longest-waiting one closed to admit a new one (evicted), a deadline missed (timeout), a request head
@@ -48,8 +50,11 @@ class ServerMetrics:
                               ["outcome"], registry=registry)
         for outcome in OUTCOMES:
             self.groups.labels(outcome)
-        self.group_views = Histogram(p + "group_views", "Views per decoded view set", buckets=(1, 2, 3, 4, 5, 6, 7,
-                                     8, 12, 16), registry=registry)
+        self.camera_group_views = Histogram(p + "camera_group_views", "Views per decoded view set, per camera group "
+                                            "(in a cluster: which server decodes a group, and with how many views)",
+                                            ["group"], buckets=VIEW_BUCKETS, registry=registry)
+        self.group_views = Histogram(p + "group_views", "Views per decoded view set", buckets=VIEW_BUCKETS,
+                                     registry=registry)
         self.group_wait = Histogram(p + "group_wait_seconds", "First view of a view set to its decode start",
                                     buckets=LATENCY_BUCKETS, registry=registry)
         self.decode_seconds = Histogram(p + "decode_seconds", "Decode stages: entropy (one view set, CPU worker), "
@@ -78,8 +83,18 @@ class ServerMetrics:
                                      registry=registry)
         self.refused = Counter(p + "streams_refused_total", "Streams refused at the handshake", ["code"],
                                registry=registry)
+        self.revoked = Counter(p + "streams_revoked_total", "Open streams cut off at a message because their "
+                               "certificate or camera was revoked (tls.revoked)", registry=registry)
         self.model_loaded = Gauge(p + "model_loaded", "1 once the model is loaded and streams are taken",
                                   registry=registry)
+        self.owned_groups = Gauge(p + "owned_groups", "Camera groups with a camera streaming to this server (in a "
+                                  "cluster: groups this server owns and serves)", registry=registry)
+        self.streams_moved = Counter(p + "streams_moved_total", "Streams ended because their camera group moved to "
+                                     "another server of the cluster", registry=registry)
+        self.cluster_members = Gauge(p + "cluster_members", "Servers of the cluster as this one sees them (alive: a "
+                                     "TCP connect succeeds; 0 and 0 outside a cluster)", ["state"], registry=registry)
+        for state in ("alive", "dead"):
+            self.cluster_members.labels(state)
         self.http_connections = Gauge(p + "http_connections", "Open connections to the live page",
                                       registry=registry)
         self.http_dropped = Counter(p + "http_connections_dropped_total",
@@ -94,6 +109,7 @@ class ServerMetrics:
 
     def view_set_decoded(self, view_set: ViewSet) -> None:
         self.groups.labels(OUTCOMES[0] if view_set.complete else OUTCOMES[1]).inc()
+        self.camera_group_views.labels(view_set.group_id).observe(len(view_set.views))
         self.group_views.observe(len(view_set.views))
 
     def frame_written(self, frame: DecodedFrame, acked_ns: int) -> None:

@@ -5,7 +5,8 @@ Hop after: ``core.FusionCore`` (``connect`` / ``receive`` / ``disconnect``), whi
 
 Per stream: its peer address takes one of ``admission.max_streams_per_peer`` places (``admission.PeerStreams``); the
 first message must be a Hello, within ``admission.hello_timeout_s``; the core accepts it (Welcome) or raises, and
-``status.status_for`` picks the status the stream ends with. Then a reader task feeds ViewPackets to the core while
+``status.status_for`` picks the status the stream ends with (``status.trailers_for`` its trailing metadata: in a
+cluster, the owner of the camera group). Then a reader task feeds ViewPackets to the core while
 this handler sends the session's outbox (PacketError, Ack, and finally the close) back. Stream metadata
 "mvic-camera"/"mvic-group" must agree with the Hello. With mutual TLS the verified client certificate
 (``x509_pem_cert`` of the auth context) goes to the core with the address (``peer.peer_from``), which checks that it
@@ -29,11 +30,11 @@ from google.protobuf.message import DecodeError
 
 from mvic.fusion_server.admission import PeerStreams, peer_address
 from mvic.fusion_server.core import FusionCore
-from mvic.fusion_server.errors import ServerError, StreamError, StreamTimeoutError
+from mvic.fusion_server.errors import NotOwnerError, ServerError, StreamError, StreamTimeoutError
 from mvic.fusion_server.peer import Peer, peer_from
 from mvic.fusion_server.records import AckEvent, IncomingPacket, RejectEvent
 from mvic.fusion_server.session import Session
-from mvic.fusion_server.status import error_code_for, status_for
+from mvic.fusion_server.status import error_code_for, status_for, trailers_for
 from mvic.shared.ids import display
 from mvic.shared.rpc import SERVICE_NAME, mvic_pb2 as pb, mvic_pb2_grpc
 from mvic.shared.rpc.hello import Hello
@@ -172,10 +173,11 @@ class FusionServicer(mvic_pb2_grpc.FusionServicer):
 
     async def _refuse(self, context: grpc.aio.ServicerContext, exc: ServerError, peer: Peer, camera: str) -> None:
         """End a stream before its Welcome: a counter, one bounded log line, the status."""
-        log.warning("refused a stream from %s (camera %s): %s", peer.describe(), display(camera), exc)
+        level = logging.INFO if isinstance(exc, NotOwnerError) else logging.WARNING  # routine while groups move
+        log.log(level, "refused a stream from %s (camera %s): %s", peer.describe(), display(camera), exc)
         self._core.metrics.refused.labels(status_for(exc).name).inc()
         await self._abort(context, exc)
 
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-        await context.abort(status_for(exc), str(exc))
+        await context.abort(status_for(exc), str(exc), trailing_metadata=trailers_for(exc))

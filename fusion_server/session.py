@@ -28,6 +28,7 @@ class Session:
         self.group = hello.group_id
         self.input_done = False  # the node half-closed its side; the stream ends once its frames are acked
         self.last_message_s = 0.0  # monotonic time of the node's last message, set by the core (idle deadline)
+        self.first_sequence = 0  # sequence of the stream's first packet (0: none yet): where the node resumed
         self.rejections_dropped = 0
         self._ack: int | None = None
         self._rejections: deque[PacketRejected] = deque()

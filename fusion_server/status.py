@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 from mvic.fusion_server import errors as e
+from mvic.shared.rpc import OWNER_METADATA_KEY
 from mvic.shared.rpc import mvic_pb2 as pb
 
 # Most specific first: the first matching class wins.
@@ -22,6 +23,7 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (e.BadHelloError, grpc.StatusCode.INVALID_ARGUMENT),
     (e.UnknownCameraError, grpc.StatusCode.PERMISSION_DENIED),
     (e.IdentityError, grpc.StatusCode.PERMISSION_DENIED),
+    (e.TokenError, grpc.StatusCode.UNAUTHENTICATED),
     (e.RevokedError, grpc.StatusCode.PERMISSION_DENIED),
     (e.CameraInUseError, grpc.StatusCode.ALREADY_EXISTS),
     (e.TooManyCamerasError, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -48,6 +50,14 @@ def status_for(exc: Exception) -> grpc.StatusCode:
         if isinstance(exc, cls):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def trailers_for(exc: Exception) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata of a stream that ends with ``exc``: the owner's address when another server of the cluster
+    owns the camera group (``OWNER_METADATA_KEY``), else nothing."""
+    if isinstance(exc, e.NotOwnerError):
+        return ((OWNER_METADATA_KEY, exc.owner),)
+    return ()
 
 
 def error_code_for(exc: e.PacketRejected) -> int:

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from mvic.node.capture import Capture, capture_schedule, resume_index
 from mvic.node.config import NodeConfig
@@ -36,6 +36,7 @@ from mvic.node.sources import Source, open_source
 from mvic.node.spool import Spool
 from mvic.shared.bitstream import FORMAT_VERSION
 from mvic.shared.codec.model import LDMIC
+from mvic.shared.metrics_endpoint import start_metrics
 from mvic.shared.rpc.hello import Hello, mvic_version
 
 log = logging.getLogger(__name__)
@@ -82,15 +83,14 @@ class NodeApp:
             log.info("resuming the capture schedule (same start_at, source and fps) at frame %d, after the last "
                      "spooled frame; a new --start-at starts again at frame 0", first_index)
         if cfg.metrics.port:
-            self._metrics_server, _ = start_http_server(cfg.metrics.port, cfg.metrics.host, self.metrics.registry)
-            log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, cfg.metrics.port)
+            self._metrics_server = start_metrics(cfg.metrics.host, cfg.metrics.port, self.metrics.registry)
         hello = Hello(cfg.camera, cfg.group, self.model.spec.model_id, self.model.weights_hash, FORMAT_VERSION,
                       mvic_version(), self.session_ns)
         self.link = Link(cfg.server, hello, self.spool, cfg.link, self.metrics, self.stop_event, cfg.tls)
         self._spawn("link", self.link.run)
         handoff = FrameHandoff(cfg.encode.policy, cfg.encode.queue_frames, self.metrics)
         self.encoder = EncoderWorker(self.model, handoff, self.spool, cfg.camera, cfg.encode.rate, self.metrics,
-                                     self.stop_event)
+                                     self.stop_event, precision=cfg.encode.precision)
         self._spawn("encoder", self.encoder.run)
         start_at = cfg.source.start_at_ns or self.session_ns
         self.capture = Capture(self.source, handoff, cfg.source, self.metrics, self.stop_event, start_at_ns=start_at,

@@ -9,7 +9,10 @@ Settings come from ``--config node.yaml`` (see ``mvic.node.config``), then ``--s
 below: the command-line dialect of ``mvic.shared.config``, the same as ``mvic-server``'s. Exit status (also in
 ``--help``): 0 stopped cleanly (SIGTERM/SIGINT, or the source ended and everything was acknowledged); 1 packets left
 unacknowledged after the source ended, or a stage crashed; 2 did not start (configuration, weights, spool, source).
-Signal handlers are installed here and nowhere else: SIGTERM/SIGINT stop the node gracefully.
+Signal handlers are installed here and nowhere else: SIGTERM/SIGINT stop the node gracefully. The environment is
+touched here only too: with ``link.lb: ring_hash`` (the default) ``main`` sets
+``GRPC_EXPERIMENTAL_RING_HASH_SET_REQUEST_HASH_KEY=true`` before any channel exists, so that grpcio's ring_hash
+policy hashes the ``mvic-group`` header, and checks that it took effect (``channel.enable_ring_hash_header``).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import argparse
 import logging
 import re
 import signal
+from dataclasses import replace
 from pathlib import Path
 
-from mvic.node.config import FILE_TIMELINES, POLICIES, WHEN_FULL, ConfigError, NodeConfig, load_config
+from mvic.node.config import (FILE_TIMELINES, POLICIES, PRECISIONS, WHEN_FULL, ConfigError, NodeConfig,
+                              load_config)
 from mvic.shared.config import (
     EXIT_CONFIG,
     LOG_LEVELS,
@@ -55,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     unusable="weights, spool folder or source that cannot be used"))
     add_config_arguments(p, "node.yaml")
     p.add_argument("--camera", help="camera id, e.g. C1 (C1..C7 also pick the synthetic scene's view)")
-    p.add_argument("--server", help="fusion server host:port (default localhost:50051)")
+    p.add_argument("--server", help="fusion server host:port (default localhost:50051), or the name of several: "
+                                    "dns:///host:port, ipv4:a:port,b:port (README: Scaling out)")
     p.add_argument("--group", help="camera group at the server (default: the server's default group)")
     tls = p.add_argument_group("mutual TLS to the server (all three files or none)")
     tls.add_argument("--tls-ca", metavar="FILE", help="CA bundle (PEM) that signs the server's certificate")
@@ -65,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     tls.add_argument("--tls-server-name", metavar="NAME",
                      help="name the server's certificate must carry (default: the host of --server)")
+    tls.add_argument("--tls-token-file", metavar="FILE",
+                     help="bearer token (mvic-certs token) for a server that requires one on top of the "
+                          "certificate (its --tls-tokens)")
     src = p.add_argument_group("capture")
     src.add_argument("--source", help="video file, rtsp://... URL, webcam index or image folder "
                                       "(default: the synthetic scene)")
@@ -88,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weights .safetensors (default: the installed weights of --model); an empty value "
                           "(--weights=) selects the installed weights even where --config names a file")
     enc.add_argument("--threads", type=int, help="torch CPU threads for the encoder (default 1)")
+    enc.add_argument("--precision", choices=PRECISIONS,
+                     help="analysis transforms: auto (default: bf16 where the CPU has AMX / AVX512-BF16, else "
+                          "fp32), fp32 or bf16; the bitstream stays decodable everywhere")
     enc.add_argument("--policy", choices=POLICIES,
                      help="slow encoder: 'latest' keeps only the newest frame (drops counted; default), "
                           "'every' queues frames and makes capture wait")
@@ -98,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'drop-oldest' unacked packet (default, ERROR logged) or 'block' capture")
     ops = p.add_argument_group("operations")
     ops.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default 0 = off)")
+    ops.add_argument("--metrics-host", metavar="HOST",
+                     help="address the metrics bind (default 127.0.0.1; no auth: another host logs a WARNING)")
     ops.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
     return p
 
@@ -106,10 +120,10 @@ _FLAG_KEYS = {
     "camera": "camera", "server": "server", "group": "group", "source": "source.uri", "fps": "source.fps",
     "frames": "source.frames", "start_at": "source.start_at_ns", "loop": "source.loop",
     "file_timeline": "source.file_timeline", "max_side": "source.max_side", "rate": "encode.rate",
-    "model": "encode.model", "weights": "encode.weights", "threads": "encode.threads", "policy": "encode.policy",
+    "model": "encode.model", "weights": "encode.weights", "threads": "encode.threads", "precision": "encode.precision", "policy": "encode.policy",
     "spool": "spool.dir", "spool_max_bytes": "spool.max_bytes", "spool_when_full": "spool.when_full",
-    "metrics_port": "metrics.port", "log_level": "log_level", "tls_ca": "tls.ca", "tls_cert": "tls.cert",
-    "tls_key": "tls.key", "tls_server_name": "tls.server_name",
+    "metrics_port": "metrics.port", "metrics_host": "metrics.host", "log_level": "log_level", "tls_ca": "tls.ca", "tls_cert": "tls.cert",
+    "tls_key": "tls.key", "tls_server_name": "tls.server_name", "tls_token_file": "tls.token_file",
 }
 
 
@@ -154,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     from mvic.node.app import NodeApp  # torch is imported only when the node really runs
     from mvic.shared.errors import MVICError
 
+    config = _choose_lb(config)
+
     app = NodeApp(config)
 
     def request_stop(signum, _frame):
@@ -170,6 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _choose_lb(config: NodeConfig) -> NodeConfig:
+    """Before any channel exists: let grpcio's ring_hash hash the mvic-group header (an environment variable), check
+    that it does, and fall back to pick_first (an ERROR) when this grpcio ignores it."""
+    if config.link.lb != "ring_hash":
+        return config
+    from mvic.node.channel import enable_ring_hash_header
+    from mvic.shared.rpc import RING_HASH_HEADER_ENV
+
+    if enable_ring_hash_header():
+        log.info("link: ring_hash on the mvic-group header over the addresses of %s (%s=true set and checked)",
+                 config.server, RING_HASH_HEADER_ENV)
+        return config
+    log.error("this grpcio ignores %s=true: ring_hash cannot hash the mvic-group header; using pick_first (with "
+              "several servers behind %s, upgrade grpcio)", RING_HASH_HEADER_ENV, config.server)
+    return replace(config, link=replace(config.link, lb="pick_first"))
 
 
 if __name__ == "__main__":

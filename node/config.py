@@ -6,12 +6,16 @@ key path (``source.fps``, ``spool.when_full``), so an operator can find the line
 
     camera: C1                     # required: the camera id sent to the server (C1..C7 pick the synthetic view)
     group: ""                      # camera group; "" = the server's default group
-    server: localhost:50051        # fusion server address, host:port
+    server: localhost:50051        # fusion server address, host:port; or a name of several servers (README:
+                                   # Scaling out): dns:///mvic-server.mvic.svc.cluster.local:50051 (every address
+                                   # it resolves to) or ipv4:10.0.0.1:50051,10.0.0.2:50051
     tls:                           # mutual TLS to the server (ca, cert and key together, or none = plaintext)
       ca: ""                       # CA bundle (PEM) that signs the server's certificate
       cert: ""                     # this camera's certificate (PEM; its URI SAN names camera and group); when it or
       key: ""                      # its key (PEM) changes, the link finishes its stream and reconnects with them
       server_name: ""              # name to check the server's certificate against ("" = the host of server:)
+      token_file: ""               # optional bearer token (mvic-certs token), sent as call credentials when the
+                                   # server requires one (tls.tokens); re-read with the certificate files
       reload_s: 2.0                # look at the three files for changes at most this often, seconds
     log_level: INFO
     source:
@@ -37,6 +41,8 @@ key path (``source.fps``, ``spool.when_full``), so an operator can find the line
       weights: ""                  # weights file; "" = the installed weights of the model
       rate: 2                      # rate index 0 (lowest) .. 4
       threads: 1                   # torch CPU threads of the encoder worker
+      precision: auto              # arithmetic of the analysis transforms: auto (bf16 where the CPU has AMX or
+                                   # AVX512-BF16, else fp32), fp32 or bf16; the bitstream decodes exactly either way
       policy: latest               # latest: keep only the newest frame; every: bounded queue, capture waits
       queue_frames: 4              # queue length under policy 'every'
     spool:
@@ -51,9 +57,13 @@ key path (``source.fps``, ``spool.when_full``), so an operator can find the line
       handshake_timeout_s: 10.0    # no Welcome within this time: drop the stream and reconnect
       drain_timeout_s: 5.0         # on SIGTERM: wait this long for the last acks (the rest stays spooled)
       finish_timeout_s: 120.0      # after --frames / the end of a file: wait this long for every ack
+      lb: ring_hash                # how the channel picks among the addresses of server: ring_hash (every camera
+                                   # of a group to the same server, hashing the mvic-group header; harmless with
+                                   # one address) or pick_first (the first address that connects)
     metrics:
       port: 0                      # Prometheus /metrics port (0 = no endpoint)
-      host: 0.0.0.0
+      host: 127.0.0.1              # address the endpoint binds (no auth there: another host logs a WARNING;
+                                   # 0.0.0.0 for a Prometheus on another machine or container)
 """
 
 from __future__ import annotations
@@ -69,8 +79,10 @@ from mvic.shared.errors import ConfigError as ConfigError  # re-exported: config
 from mvic.shared.errors import IdError
 from mvic.shared.ids import validate_camera_id, validate_group_id
 from mvic.shared.model_table import PAPER_LAMBDAS
+from mvic.shared.rpc import LB_POLICIES
 
 POLICIES = ("latest", "every")
+PRECISIONS = ("auto", "fp32", "bf16")  # mvic.shared.codec.transforms.Precision (not imported here: it needs torch)
 WHEN_FULL = ("drop-oldest", "block")
 FILE_TIMELINES = ("native", "sequential")
 _DIAL_TARGET = re.compile(r"^(unix:\S+|\S+:\d{1,5})$")  # host:port, [v6]:port, dns:///host:port, unix:/path
@@ -129,6 +141,7 @@ class EncodeConfig:
     threads: int = 1
     policy: str = "latest"
     queue_frames: int = 4
+    precision: str = "auto"
 
     def __post_init__(self):
         top = len(PAPER_LAMBDAS) - 1
@@ -136,6 +149,8 @@ class EncodeConfig:
         require(1 <= self.threads <= 256, "encode.threads", f"must be 1..256, got {self.threads}")
         require(self.policy in POLICIES, "encode.policy", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         require(1 <= self.queue_frames <= 1024, "encode.queue_frames", f"must be 1..1024, got {self.queue_frames}")
+        require(self.precision in PRECISIONS, "encode.precision",
+                f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,7 @@ class LinkConfig:
     handshake_timeout_s: float = 10.0
     drain_timeout_s: float = 5.0
     finish_timeout_s: float = 120.0
+    lb: str = "ring_hash"
 
     def __post_init__(self):
         require(self.backoff_initial_s > 0, "link.backoff_initial_s", f"must be > 0 s, got {self.backoff_initial_s}")
@@ -172,6 +188,7 @@ class LinkConfig:
                 f"must be > 0 s, got {self.handshake_timeout_s}")
         require(self.finish_timeout_s >= 0, "link.finish_timeout_s", f"must be >= 0 s, got {self.finish_timeout_s}")
         require(self.drain_timeout_s >= 0, "link.drain_timeout_s", f"must be >= 0 s, got {self.drain_timeout_s}")
+        require(self.lb in LB_POLICIES, "link.lb", f"must be one of {', '.join(LB_POLICIES)}, got {self.lb!r}")
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,7 @@ class TlsConfig:
     cert: str = ""
     key: str = ""
     server_name: str = ""
+    token_file: str = ""
     reload_s: float = 2.0
 
     def __post_init__(self):
@@ -187,7 +205,9 @@ class TlsConfig:
         given = [bool(self.ca), bool(self.cert), bool(self.key)]
         require(all(given) or not any(given), "tls", "give all of tls.ca, tls.cert and tls.key, or none of them")
         require(not self.server_name or self.enabled, "tls.server_name", "only used with tls.ca, tls.cert, tls.key")
-        for key in ("ca", "cert", "key"):
+        require(not self.token_file or self.enabled, "tls.token_file",
+                "a bearer token is only sent over TLS: give tls.ca, tls.cert and tls.key too")
+        for key in ("ca", "cert", "key", "token_file"):
             path = getattr(self, key)
             require(not path or Path(path).is_file(), f"tls.{key}", f"{path} is not a file")
 
@@ -199,7 +219,7 @@ class TlsConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     port: int = 0
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
 
     def __post_init__(self):
         require(0 <= self.port <= 65535, "metrics.port", f"must be 0..65535 (0 = off), got {self.port}")
@@ -227,7 +247,8 @@ class NodeConfig:
             validate_group_id(self.group)
         except IdError as exc:
             raise ConfigError(f"group: {exc}; fix --group or group: in node.yaml") from None
-        require(bool(_DIAL_TARGET.match(self.server)), "server", f"must be host:port, got {self.server!r}")
+        require(bool(_DIAL_TARGET.match(self.server)), "server",
+                f"must be host:port, dns:///host:port or ipv4:a:port,b:port, got {self.server!r}")
         require(self.log_level in LOG_LEVELS, "log_level",
                 f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 

@@ -7,6 +7,10 @@ One worker thread per node. Torch's intra-op threads are set explicitly (``encod
 ``configure_torch`` before the worker starts, so a camera box is not oversubscribed; the convolutions release the
 GIL, so capture and the link keep running while a frame is coded. Each frame gets the next sequence number from the
 spool *before* coding, because the sequence is part of the bitstream header (``ViewPacket.sequence`` equals it).
+
+``encode.precision`` picks the arithmetic of the analysis transforms (``mvic.shared.codec.transforms.Precision``):
+``auto`` runs them in bf16 on CPUs with native bf16 (AMX, AVX512-BF16) and in float32 elsewhere (ARM, AVX2). The
+entropy model after them is exact integer arithmetic whatever it is, so the server decodes every choice alike.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from mvic.shared.bitstream import ViewHeader, pack
 from mvic.shared.codec.compat import CodecIdentity, incompatibility
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import load_model, weights_source
+from mvic.shared.codec.transforms import Precision, resolve_precision
 from mvic.shared.errors import ConfigError, MVICError
 from mvic.shared.model_table import DEFAULT_MODEL
 
@@ -65,7 +70,7 @@ class EncoderWorker:
     """Takes frames from the handoff until it is finished (or ``stop`` is set and it is empty); codes and spools."""
 
     def __init__(self, model: LDMIC, handoff: FrameHandoff, spool: Spool, camera: str, rate_index: int,
-                 metrics: NodeMetrics, stop: threading.Event):
+                 metrics: NodeMetrics, stop: threading.Event, *, precision: Precision | str = Precision.AUTO):
         if not 0 <= rate_index < model.spec.num_rates:
             raise ConfigError(f"encode.rate: {rate_index} is outside the rate indexes 0..{model.spec.num_rates - 1} of "
                               f"{model.spec.name}; pick one of them")
@@ -76,6 +81,8 @@ class EncoderWorker:
         self.rate_index = rate_index
         self.metrics = metrics
         self.stop = stop
+        self.precision = resolve_precision(precision)
+        log.info("analysis transforms in %s (encode.precision %s)", self.precision.value, Precision(precision).value)
 
     def run(self) -> None:
         while True:
@@ -92,7 +99,7 @@ class EncoderWorker:
         started = time.perf_counter()
         try:
             view = self.model.compress_view(frame.image, self.rate_index, camera_id=self.camera, sequence=sequence,
-                                            capture_ns=frame.capture_ns)
+                                            capture_ns=frame.capture_ns, precision=self.precision)
             data = pack(view)
         except MVICError as exc:
             self.metrics.dropped("encode_error")

@@ -35,6 +35,13 @@ each wait drawn in [d/2, d]; reset after a Welcome). A refusal (FAILED_PRECONDIT
 PERMISSION_DENIED: unknown camera; INVALID_ARGUMENT: bad Hello) is logged at ERROR with what to fix and retried every
 ``refused_backoff_s``, so the camera comes back by itself once the server or the node is upgraded.
 
+Several servers (README: Scaling out): ``target`` may name them all (``dns:///...``, ``ipv4:a,b``); the channel's
+ring_hash policy (``channel.ChannelFactory``, ``link.lb``) sends each stream to the server owning this camera's
+group. A server that does not (or no longer) own it ends the stream with UNAVAILABLE and the owner's address in the
+``mvic-owner`` trailer (``mvic.shared.rpc.OWNER_METADATA_KEY``): the link opens a new channel, so that the name is
+resolved again, and reconnects after the ordinary short backoff (not ``refused_backoff_s``); the new owner's Welcome
+may claim less than this node's acks (each server has its own journal), which only means resending from the spool.
+
 Mutual TLS (``tls`` in node.yaml): the channel comes from ``channel.ChannelFactory``, with this camera's
 certificate. When its files change (a renewal) the supervisor finishes the stream like a drain (half-close, the
 server acknowledges what it holds) and ``_main`` reconnects at once on a new channel; the spool resends what is
@@ -62,7 +69,7 @@ from mvic.node.errors import ImplausibleAckError
 from mvic.node.metrics import NodeMetrics
 from mvic.node.spool import Spool, SpooledPacket
 from mvic.shared.ids import display
-from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, channel_options, max_message_bytes
+from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, OWNER_METADATA_KEY, channel_options, max_message_bytes
 from mvic.shared.rpc import mvic_pb2 as pb
 from mvic.shared.rpc.hello import Hello, Welcome
 from mvic.shared.rpc.mvic_pb2_grpc import FusionStub
@@ -104,6 +111,7 @@ class _Stream:
         self.details = ""
         self.refusal = ""  # set when this node refused the server's Welcome: why, and what to do
         self.renew = False  # this node's certificate was renewed: the stream was finished to reconnect with it
+        self.owner = ""  # the server said another server of the cluster owns this camera's group (its address)
 
 
 class Link:
@@ -179,7 +187,7 @@ class Link:
         self._wake = asyncio.Event()
         self.spool.add_listener(self._poke)
         threading.Thread(target=lambda: (self.stop.wait(), self._poke()), name="mvic-link-stop", daemon=True).start()
-        self._channels = ChannelFactory(self.target, self.channel_options(), self.tls)
+        self._channels = ChannelFactory(self.target, self.channel_options(), self.tls, self.config.lb)
         channel = self._channels.open()
         stub = FusionStub(channel)
         attempt = 0
@@ -199,6 +207,10 @@ class Link:
                     channel = self._channels.open()
                     stub = FusionStub(channel)
                     continue
+                if st.owner:  # the group lives on another server: resolve the name again, reconnect soon
+                    await channel.close()
+                    channel = self._channels.open()
+                    stub = FusionStub(channel)
                 if st.refusal:
                     delay = self.config.refused_backoff_s * random.uniform(0.8, 1.2)
                     log.error("refusing server %s's Welcome: %s. Retrying in %.0f s", self.target, st.refusal, delay)
@@ -217,8 +229,12 @@ class Link:
                     self.metrics.set_connection("disconnected")
                     what = "stream ended" if st.welcomed.is_set() else "cannot connect"
                     details = (st.details or "-").split("; last error:")[0][:SERVER_TEXT_CHARS]  # gRPC's is long
-                    log.warning("%s to %s (%s: %s); %d packet(s) spooled; retrying in %.3g s", what, self.target,
-                                st.code.name if st.code else "?", details, self.spool.pending, delay)
+                    if st.owner:
+                        what = "camera group moved" if st.welcomed.is_set() else "camera group served elsewhere"
+                    log.log(logging.INFO if st.owner else logging.WARNING,
+                            "%s to %s (%s: %s); %d packet(s) spooled; retrying in %.3g s", what, self.target,
+                            st.code.name if st.code else "?", display(details, SERVER_TEXT_CHARS),
+                            self.spool.pending, delay)
                 await self._sleep(delay)
         finally:
             self.spool.remove_listener(self._poke)
@@ -366,8 +382,10 @@ class Link:
                     log.warning("ignoring a server message of unknown kind %r (newer server?)", kind)
             code = await call.code()
             st.code, st.details = code, await call.details() or "the server closed the stream"
+            st.owner = _owner(await call.trailing_metadata())
         except grpc.aio.AioRpcError as exc:
             st.code, st.details = exc.code(), exc.details() or ""
+            st.owner = _owner(exc.trailing_metadata())
         except asyncio.CancelledError:
             if st.code is None:
                 st.code, st.details = grpc.StatusCode.CANCELLED, "the stream was closed by this node"
@@ -390,10 +408,12 @@ class Link:
             self.metrics.implausible("welcome")
             st.refusal = str(exc)
             return False
-        if stored < known:
-            log.warning("server %s reports camera %s stored up to %d, below the %d it acknowledged before (server "
-                        "state lost?); packets up to %d were deleted here and cannot be resent", self.target,
-                        self.hello.camera_id, stored, known, known)
+        if stored < known:  # with several servers: another one acknowledged them (each has its own journal)
+            log.log(logging.INFO if self._channels.lb == "ring_hash" and _names_several(self.target) else
+                    logging.WARNING,
+                    "server %s reports camera %s stored up to %d, below the %d acknowledged before (another server "
+                    "of the cluster, or server state lost); packets up to %d were deleted here and are not resent",
+                    self.target, self.hello.camera_id, stored, known, known)
         self._acked(removed)
         st.max_packet_bytes = welcome.packet_limit(NODE_MAX_PACKET_BYTES)
         st.cursor = stored
@@ -448,6 +468,19 @@ class Link:
         log.error("implausible reply from server %s: %s%s", self.target, text, more)
         self._implausible_logged_at = now
         self._implausible_unlogged = 0
+
+
+def _owner(trailers) -> str:
+    """The ``mvic-owner`` trailer (a cluster server's "another server owns this group"), bounded; "" without one."""
+    for key, value in trailers or ():
+        if key == OWNER_METADATA_KEY:
+            return display(value if isinstance(value, str) else repr(value), SERVER_TEXT_CHARS) or "?"
+    return ""
+
+
+def _names_several(target: str) -> bool:
+    """The target may resolve to several servers (a DNS name, or an ipv4:/ipv6: list with a comma)."""
+    return target.startswith("dns:") or "," in target
 
 
 def _error_code_name(code: int) -> str:

@@ -43,9 +43,10 @@ case "${1:-status}" in
     exit 0 ;;
   export)
     [ -f "$run/checkpoint.json" ] || { echo "campaign: no checkpoint in $run yet" >&2; exit 1; }
-    # the lineage before this run: ldmic-fast-lite-v2's 7783 steps and 4.93 h (override for another start)
-    base_steps=${MVIC_CAMPAIGN_BASE_STEPS:-7783}
-    base_hours=${MVIC_CAMPAIGN_BASE_HOURS:-4.93}
+    # the lineage before this run: ldmic-fast-lite-v3's 12347 steps and 5.06 h (4.93 h to v2, then 0.13 h on one
+    # H200; override for another start)
+    base_steps=${MVIC_CAMPAIGN_BASE_STEPS:-12347}
+    base_hours=${MVIC_CAMPAIGN_BASE_HOURS:-5.06}
     step=$("$B/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['step'])" "$run/checkpoint.json")
     hours=$(hours_trained)
     name=campaign-step$step

@@ -38,8 +38,11 @@ if [ "$wheels" != none ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$wheels"/*.whl 2>&1 \
     | tee -a "$log"
 fi
-mkdir -p /tmp/src/mvic  # MVIC from the work tree (its weights travel once): the namespace package mvic.*
-for part in shared node fusion_server; do ln -sfn "$PWD/$part" "/tmp/src/mvic/$part"; done
+mkdir -p /tmp/src/mvic  # MVIC from the work tree (its weights travel once): the namespace package mvic.*,
+# every top-level part that pyproject.toml maps (mvic.shared -> shared/, ..., mvic.tools -> tools/)
+for part in $(sed -n 's/^"mvic\.\([a-z_]*\)" = "\([a-z_]*\)"$/\2/p' pyproject.toml); do
+  ln -sfn "$PWD/$part" "/tmp/src/mvic/$part"
+done
 export PYTHONPATH=/tmp/src:/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import compressai, pytorch_msssim, torch, mvic.tools.training.train as t; \
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'compressai', compressai.__version__)" \

@@ -4,6 +4,7 @@
     mvic-certs server --ca certs/ca --out certs/server --dns fusion.lan --ip 10.0.0.5
     mvic-certs camera --ca certs/ca --out certs/C1 --camera C1 [--group lobby]
     mvic-certs bundle --out /tls --dns server --camera C1 --camera C2 --token   # all of it, what is missing only
+    mvic-certs token  --out certs/C1 --camera C1 --tokens certs/server/camera-tokens   # optional bearer token
 
 Every key is EC P-256. The CA lives ``--days`` (default 10 years), a leaf 1 year by default and never past its CA.
 The server certificate carries the DNS and IP names the cameras dial (subjectAltName) and the serverAuth usage; a
@@ -17,7 +18,10 @@ Private keys are written 0600 in a folder made 0700; certificates 0644. Each lea
 with the same ``--out`` stops before writing anything; ``bundle`` (the compose demo's one-off ``certs`` service) makes
 ``ca/``, ``server/`` (with ``probe.crt``: a client certificate without a camera identity, for the health check of
 the mTLS port), one folder per camera and the live page's token ``server/page-token``, and keeps whatever of them
-already exists, so it can run at every start. Exit status: 0 written, 2 refused (a file exists, a bad
+already exists, so it can run at every start. ``token`` (optional, on top of the certificates: issue 14) writes a
+random bearer token to ``<out>/token`` (0600, for the node's ``tls.token_file``) and its SHA-256 line into the
+server's ``tls.tokens`` file (the server never holds the token itself); ``--force`` replaces a camera's token.
+Exit status: 0 written, 2 refused (a file exists, a bad
 name, a CA that cannot be read).
 """
 
@@ -37,9 +41,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mvic.fusion_server.tokens import parse_tokens, token_digest
 from mvic.shared.errors import IdError
-from mvic.shared.fileio import safe_name
+from mvic.shared.fileio import safe_name, write_atomic
 from mvic.shared.identity import DEFAULT_TRUST_DOMAIN, camera_identity
+from mvic.shared.ids import validate_camera_id
 
 PROG = "mvic-certs"
 EXIT_OK, EXIT_REFUSED = 0, 2
@@ -58,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="exit status: 0 written; 2 refused (existing files without --force, a bad "
                                        "name, a CA that cannot be read)")
-    sub = p.add_subparsers(dest="kind", required=True, metavar="{ca,server,camera}")
+    sub = p.add_subparsers(dest="kind", required=True, metavar="{ca,server,camera,bundle,token}")
 
     def common(q: argparse.ArgumentParser, days: int) -> None:
         q.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write (made 0700)")
@@ -81,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     camera.add_argument("--ca", required=True, type=Path, metavar="DIR", help="folder holding ca.crt and ca.key")
     camera.add_argument("--camera", required=True, metavar="ID", help="the camera id (its --camera / camera:)")
     camera.add_argument("--group", default="", metavar="G", help="its camera group (default: the default group)")
+    token = sub.add_parser("token", help="a camera's bearer token: <out>/token, and its hash in the server's "
+                                         "tls.tokens file")
+    token.add_argument("--out", required=True, type=Path, metavar="DIR", help="the camera's folder (made 0700)")
+    token.add_argument("--camera", required=True, metavar="ID", help="the camera id (its --camera / camera:)")
+    token.add_argument("--tokens", required=True, type=Path, metavar="FILE",
+                       help="the server's tls.tokens file: the camera's line is added (or replaced with --force)")
+    token.add_argument("--force", action="store_true", help="replace the camera's token")
+    token.set_defaults(days=1)
     bundle = sub.add_parser("bundle", help="CA, server, cameras and live page token under one folder; keeps what "
                                            "exists (ca/, server/, <camera>/)")
     bundle.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to fill")
@@ -101,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 1 <= args.days <= 100 * 365:
             raise CertError(f"--days {args.days} must be 1..{100 * 365}")
-        files = {"ca": make_ca, "server": make_server, "camera": make_camera, "bundle": make_bundle}[args.kind](args)
+        files = {"ca": make_ca, "server": make_server, "camera": make_camera, "bundle": make_bundle,
+                 "token": make_token}[args.kind](args)
     except CertError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -195,6 +210,28 @@ def make_bundle(args: argparse.Namespace) -> list[tuple[Path, int]]:
     return written
 
 
+def make_token(args: argparse.Namespace) -> list[tuple[Path, int]]:
+    """<out>/token and the camera's line in the server's tokens file (the file is rewritten atomically)."""
+    try:
+        validate_camera_id(args.camera)
+    except IdError as exc:
+        raise CertError(str(exc)) from None
+    try:
+        table = parse_tokens(args.tokens.read_text()) if args.tokens.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise CertError(f"{args.tokens}: {exc}; fix or remove that file") from None
+    if args.camera in table and not args.force:
+        raise CertError(f"{args.tokens} already holds a token of camera {args.camera}; nothing was written (--force "
+                        "issues a new one: update the node's token file too)")
+    token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    written = _write(args.out, args.force, [("token", (token + "\n").encode(), KEY_MODE)])
+    table[args.camera] = token_digest(token)
+    lines = "".join(f"{camera} sha256:{digest}\n" for camera, digest in sorted(table.items()))
+    write_atomic(args.tokens, ("# camera bearer tokens (SHA-256), made by mvic-certs token\n" + lines).encode())
+    args.tokens.chmod(CERT_MODE)
+    return [*written, (args.tokens, CERT_MODE)]
+
+
 def _leaf(args: argparse.Namespace, stem: str, subject: x509.Name, sans: list[x509.GeneralName],
           usage: x509.ObjectIdentifier) -> list[tuple[Path, int]]:
     ca_cert, ca_key = _load_ca(args.ca)
@@ -278,6 +315,9 @@ def _usage(args: argparse.Namespace) -> str:
     if args.kind == "server":
         return (f"mvic-server --tls-cert {out / 'server.crt'} --tls-key {out / 'server.key'} "
                 f"--tls-client-ca {out / CA_CERT} --set tls.trust_domain={_trust_domain(args.ca)}")
+    if args.kind == "token":
+        return (f"mvic-node ... --tls-token-file {args.out / 'token'}; mvic-server ... --tls-tokens {args.tokens} "
+                "(it re-reads the file when it changes)")
     stem = safe_name(args.camera)
     return (f"mvic-node --camera {args.camera} --tls-cert {out / (stem + '.crt')} --tls-key {out / (stem + '.key')} "
             f"--tls-ca {out / CA_CERT}")

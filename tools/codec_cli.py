@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--camera", default="C1", help="camera id stored in the header")
     e.add_argument("--sequence", type=int, default=0, help="frame sequence number stored in the header")
     e.add_argument("--capture-ns", type=int, default=None, help="capture time in ns (default: now)")
+    e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="arithmetic of the analysis transforms: auto = bf16 where the CPU has it natively (AMX, "
+                        "AVX512-BF16), else fp32; every choice decodes exactly (default %(default)s)")
     model_args(e)
 
     d = sub.add_parser("decode", help="decode .mvic files into PNGs, each timestamp's views jointly",
@@ -122,7 +125,8 @@ def _encode(args) -> int:
     image = _read_image(args.image)
     t0 = time.perf_counter()
     view = model.compress_view(image, args.rate, camera_id=args.camera, sequence=args.sequence,
-                               capture_ns=time.time_ns() if args.capture_ns is None else args.capture_ns)
+                               capture_ns=time.time_ns() if args.capture_ns is None else args.capture_ns,
+                               precision=args.precision)
     elapsed = time.perf_counter() - t0
     data = pack(view)
     write_atomic(args.output, data)

@@ -5,7 +5,8 @@
     mvic-demo --wildtrack /data/wildtrack  # the seven WildTrack videos (cam1.mp4 ... or C1.mp4 ... in that folder)
 
 The demo runs the real programs as separate processes, exactly as an installation would: ``mvic-server`` (CPU
-here, ``--device`` to choose) and one ``mvic-node`` per camera, all on loopback. The nodes share one capture
+here, ``--device`` to choose; one torch thread per decode thread and bf16 synthesis where the CPU has it natively:
+``--server-threads``, ``--decode-precision``) and one ``mvic-node`` per camera, all on loopback. The nodes share one capture
 schedule (``--start-at``) so the server can group their views by capture time. While they run, the demo polls the
 server's live page (printed URL) and prints progress; at the end it reads the server's and the nodes' Prometheus
 metrics and prints frames captured / sent / decoded / lost, mean bpp from the real bitstream bytes, PSNR of the
@@ -192,6 +193,10 @@ class Demo:
             "grouping": {"tolerance_ms": 0.25e3 / a.fps, "max_wait_ms": a.max_wait_s * 1e3},
             "sinks": {"png": True, "png_name": "capture_ns", "video": a.video, "video_fps": a.fps},
             "http": f"127.0.0.1:{self.http_port}", "metrics_port": self.server_metrics,
+            # one torch thread per decode thread: the server's entropy workers and its synthesis thread already run
+            # side by side, and seven encoders share the cores (OpenMP teams that wait for each other's threads on
+            # an oversubscribed CPU are what made the demo slow); bf16 synthesis where the CPU has it natively
+            "decode": {"torch_threads": a.server_threads, "precision": a.decode_precision},
         })
         self._spawn("server", ["mvic.fusion_server.cli", "--config", str(cfg)])
 
@@ -309,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file (default: the installed trained weights)")
     p.add_argument("--rate", type=int, default=2, help="rate index 0..4 (default %(default)s)")
     p.add_argument("--device", default="cpu", help="server decode device: cpu, cuda, auto (default %(default)s)")
+    p.add_argument("--decode-precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the server's synthesis arithmetic, decode.precision (default %(default)s: bf16 where the CPU "
+                        "has native bf16)")
+    p.add_argument("--server-threads", type=int, default=1, help="the server's torch threads, decode.torch_threads "
+                   "(default %(default)s; 0 = torch's default, one per core)")
     p.add_argument("--video", action="store_true", help="the server also writes one video per camera")
     p.add_argument("--out", default="mvic-demo-out", help="output folder, emptied first (default %(default)s)")
     p.add_argument("--http-port", type=int, default=8080, help="live page port, 0 = any free (default %(default)s)")

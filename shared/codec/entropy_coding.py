@@ -53,6 +53,11 @@ class CdfTable:
                 [self.offsets[u] for u in rows])
 
     @cached_property
+    def entries(self) -> int:
+        """CDF values in the whole table: what the C++ encoder converts per call when given every row."""
+        return sum(self.lengths)
+
+    @cached_property
     def arrays(self) -> CdfArrays:
         return CdfArrays(self.cdfs, self.lengths, self.offsets)
 
@@ -93,7 +98,10 @@ class EncodeSession(CodingSession):
         sym = symbols.to("cpu", torch.int32).reshape(self.batch, -1).tolist()
         idx = indexes.to("cpu", torch.int32).reshape(self.batch, -1).numpy()
         for b, enc in enumerate(self._encoders):
-            enc.encode_with_indexes(sym[b], *table.subset(idx[b]))
+            if idx[b].size < table.entries:  # small block (a serial context model's pixel): convert only its rows
+                enc.encode_with_indexes(sym[b], *table.subset(idx[b]))
+            else:  # a large block: converting the whole table costs less than finding the rows it uses
+                enc.encode_with_indexes(sym[b], idx[b].tolist(), table.cdfs, table.lengths, table.offsets)
         return symbols
 
     def finish(self) -> list[bytes]:

@@ -16,8 +16,12 @@ hyper synthesis, the context model and the entropy-parameter network run on inte
 * LeakyReLU uses the dyadic slope ``LEAKY_SLOPE`` so the float model and the integer model agree.
 
 Weight quantization itself only multiplies by powers of two and rounds, so it too gives the same integers on every
-device from the same float32 weights. Two evaluation paths (``Backend.NATIVE`` = torch's convolution,
-``Backend.IM2COL`` = unfold + matrix product) exist so tests can show the result does not depend on the path.
+device from the same float32 weights. Three evaluation paths (``Backend.NATIVE`` = torch's convolution,
+``Backend.IM2COL`` = unfold + matrix product, ``Backend.TAPS`` = channels-last matrix products over the kernel's
+non-zero taps) give the same integers; tests show the result does not depend on the path. TAPS is the fast one on
+a CPU: torch's float64 convolution without oneDNN is a slow reference loop, while TAPS is a few large float64 GEMMs
+(BLAS) that skip the taps a mask zeroes (12 of the checkerboard context's 25) and split a transposed convolution
+into its stride**2 phases instead of multiplying the zeros of a dilated input.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import Iterator
 
 import torch
@@ -49,6 +54,7 @@ _ONE = float(2**FRAC_BITS)
 class Backend(str, Enum):
     NATIVE = "native"  # torch.nn.functional.conv2d / conv_transpose2d in float64
     IM2COL = "im2col"  # unfold + matmul in float64
+    TAPS = "taps"  # channels-last GEMMs over the non-zero taps, block of output rows by block (the fast one)
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,32 @@ def leaky_relu_fixed(x_fx: Tensor) -> Tensor:
     return torch.where(x_fx >= 0, x_fx, round_shift(x_fx * LEAKY_NUM, 2.0**-LEAKY_SHIFT))
 
 
+def _leaky_relu_fixed_(x_fx: Tensor) -> Tensor:
+    """``leaky_relu_fixed`` in place, for a temporary: max(x, 0) + round(min(x, 0) * slope), the same integers
+    (LEAKY_NUM * 2**-LEAKY_SHIFT is one dyadic number: multiplying by it at once rounds nothing either)."""
+    neg = x_fx.clamp(max=0.0)
+    return x_fx.clamp_(min=0.0).add_(neg.mul_(LEAKY_NUM * 2.0**-LEAKY_SHIFT).add_(0.5).floor_())
+
+
+def _requantize_(acc: Tensor, inv_scale: Tensor) -> Tensor:
+    """``round_shift(acc, inv_scale)`` clamped to ±ACT_LIMIT, in place on a temporary accumulator."""
+    return acc.mul_(inv_scale).add_(0.5).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+@dataclass(frozen=True)
+class _Phase:
+    """Outputs ``out[a + s*j, b + s*i]`` of a convolution (s = 1, a = b = 0 unless transposed: one phase), and the
+    taps that reach them: tap t adds input (j + dy, i + dx) times rows [t*C_in, (t+1)*C_in) of ``weight``."""
+
+    a: int
+    b: int
+    taps: tuple[tuple[int, int], ...]  # (dy, dx) per non-zero tap
+    weight: Tensor  # (T*C_in, C_out) float64 integers
+
+
+_TAPS_BLOCK = 1024  # output pixels per GEMM: a cache-sized block of im2col rows
+
+
 @dataclass(frozen=True)
 class IntConv:
     """An integer form of a Conv2d / ConvTranspose2d (masks applied), ready for exact evaluation."""
@@ -147,6 +179,8 @@ class IntConv:
     def __call__(self, x_fx: Tensor, opts: ExactOptions = ExactOptions()) -> Tensor:
         if opts.channels_last:
             x_fx = x_fx.contiguous(memory_format=torch.channels_last)
+        if opts.backend is Backend.TAPS:
+            return self._taps(x_fx)
         if opts.backend is Backend.IM2COL:
             acc = self._im2col(x_fx)
         elif self.transposed:
@@ -158,9 +192,67 @@ class IntConv:
 
     def rows(self, x_rows: Tensor) -> Tensor:
         """A 1x1 convolution applied to rows of channel vectors: (P, C_in) -> (P, C_out)."""
-        w = self.weight.reshape(self.weight.shape[0], -1)  # (C_out, C_in)
-        acc = x_rows @ w.t() + self.bias
-        return round_shift(acc, self.inv_scale).clamp_(-ACT_LIMIT, ACT_LIMIT)
+        return _requantize_(torch.addmm(self.bias, x_rows, self.rows_weight), self.inv_scale)
+
+    @cached_property
+    def rows_weight(self) -> Tensor:
+        """The weight as a (C_in, C_out) matrix for ``rows``."""
+        return self.weight.reshape(self.weight.shape[0], -1).t().contiguous()
+
+    @cached_property
+    def phases(self) -> list[_Phase]:
+        """The output phases of ``Backend.TAPS``: one for a convolution, stride**2 for a transposed one."""
+        k, s, p = self.weight.shape[-1], self.stride, self.padding
+        w = self.weight.transpose(0, 1) if self.transposed else self.weight  # (C_out, C_in, k, k)
+        live = [(ky, kx) for ky in range(k) for kx in range(k) if bool(w[:, :, ky, kx].any())]
+        if not self.transposed:  # out[j] reads in[s*j + ky - p]
+            groups = {(0, 0): [(ky - p, kx - p, ky, kx) for ky, kx in live]}
+        else:  # out[s*j + a] = sum over ky = a + p (mod s) of in[j + (a + p - ky) / s] * w[ky]
+            groups = {(a, b): [((a + p - ky) // s, (b + p - kx) // s, ky, kx) for ky, kx in live
+                               if (a + p - ky) % s == 0 and (b + p - kx) % s == 0] for a in range(s) for b in range(s)}
+        phases = []
+        for (a, b), taps in groups.items():
+            mats = [w[:, :, ky, kx].t() for _, _, ky, kx in taps]  # each (C_in, C_out)
+            weight = torch.cat(mats).contiguous() if mats else w.new_zeros(0, w.shape[0])  # (T*C_in, C_out)
+            phases.append(_Phase(a, b, tuple((dy, dx) for dy, dx, _, _ in taps), weight))
+        return phases
+
+    def _taps(self, x_fx: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> (B, C_out, Ho, Wo) (channels-last in memory) by GEMMs over blocks of output rows.
+
+        Each phase reads its input with step 1, so the input zero-padded by k and flattened to
+        (rows * padded width, C_in) rows makes each tap's input block one contiguous slice: output row j, column i of the padded-width grid reads flat row
+        (j + k + dy) * Wp + i + k + dx, so a block of output rows costs one GEMM per tap and no copies; the 2k
+        columns of the padded width beyond the real ones are computed and dropped.
+        """
+        b, c, h, w = x_fx.shape
+        k, s, p = self.weight.shape[-1], self.stride, self.padding
+        if self.transposed:
+            ho, wo = (h - 1) * s - 2 * p + k + self.output_padding, (w - 1) * s - 2 * p + k + self.output_padding
+            out_step = s  # phase (a, b) holds out[a::s, b::s]
+        elif s == 1:
+            ho, wo, out_step = h + 2 * p - k + 1, w + 2 * p - k + 1, 1
+        else:  # strided convolutions are not on any exact path; the reference gives the same integers
+            return self(x_fx, ExactOptions())
+        hp, wp = h + 2 * k + 1, w + 2 * k  # one spare zero row: the last block's slices may run into it
+        xp = F.pad(x_fx, (k, k, k, k + 1)).permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, C_in)
+        c_out = self.bias.shape[0]
+        out = x_fx.new_empty(b, ho, wo, c_out)  # (B, Ho, Wo, C_out)
+        for ph in self.phases:
+            dest = out[:, ph.a::out_step, ph.b::out_step]  # (B, rows, cols, C_out), a view
+            rows, cols = dest.shape[1:3]
+            per_block = max(1, _TAPS_BLOCK // wp)
+            for i in range(b):
+                flat = xp[i].view(hp * wp, c)  # (Hp*Wp, C_in)
+                for j0 in range(0, rows, per_block):
+                    n = min(per_block, rows - j0)
+                    acc = self.bias.expand(n * wp, c_out).clone()  # (n*Wp, C_out)
+                    for t, (dy, dx) in enumerate(ph.taps):
+                        start = (j0 + k + dy) * wp + k + dx
+                        acc.addmm_(flat[start:start + n * wp], ph.weight[t * c:(t + 1) * c])  # exact integers
+                    acc = acc.view(n, wp, c_out)[:, :cols]  # (n, cols, C_out)
+                    dest[i, j0:j0 + n] = _requantize_(acc, self.inv_scale)
+        return out.permute(0, 3, 1, 2)  # (B, C_out, Ho, Wo), channels-last in memory
 
     def _im2col(self, x: Tensor) -> Tensor:
         k = self.weight.shape[-1]
@@ -251,13 +343,19 @@ def exact_form(module: nn.Module) -> list[IntLayer] | IntConv:
 
 def run_layers(layers: list[IntLayer], x_fx: Tensor, opts: ExactOptions) -> Tensor:
     """Evaluate an integer Sequential on a (B, C, H, W) fixed-point tensor."""
-    for layer in layers:
-        x_fx = leaky_relu_fixed(x_fx) if isinstance(layer, str) else layer(x_fx, opts)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, str):
+            x_fx = _leaky_relu_fixed_(x_fx) if i else leaky_relu_fixed(x_fx)  # after a layer: its own temporary
+        else:
+            x_fx = layer(x_fx, opts)
     return x_fx
 
 
 def run_rows(layers: list[IntLayer], rows: Tensor) -> Tensor:
     """Evaluate an integer Sequential of 1x1 convolutions on (P, C) rows."""
-    for layer in layers:
-        rows = leaky_relu_fixed(rows) if isinstance(layer, str) else layer.rows(rows)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, str):
+            rows = _leaky_relu_fixed_(rows) if i else leaky_relu_fixed(rows)
+        else:
+            rows = layer.rows(rows)
     return rows

@@ -50,7 +50,7 @@ from mvic.shared.codec.fixedpoint import (
 )
 from mvic.shared.codec.gains import GAIN_BITS, RateGains
 from mvic.shared.codec.rans import BYPASS_BITS, PRECISION
-from mvic.shared.codec.transforms import last_in_float32
+from mvic.shared.codec.transforms import Precision, encoder_form, last_in_float32
 
 
 @dataclass(frozen=True)
@@ -169,13 +169,26 @@ class HyperpriorLatentCodec:
         return gc.likelihood_lower_bound(lik) if gc.use_likelihood_bound else lik
 
     # ------------------------------------------------------------------------------------- encode / decode
-    def encode(self, y: Tensor, rate: Tensor, session: EncodeSession, opts: ExactOptions) -> ExactLatents:
-        """Code y (B, M, h, w, gained) into ``session``: z first, then y as the context model orders it."""
-        return self.code(y, self.hyper_latent(y, rate), rate, session, opts)
+    def encode(self, y: Tensor, rate: Tensor, session: EncodeSession, opts: ExactOptions,
+               precision: Precision | str | None = None) -> ExactLatents:
+        """Code y (B, M, h, w, gained) into ``session``: z first, then y as the context model orders it.
+        ``precision``: None runs h_a as trained; else its fast encoder form (transforms.encoder_form)."""
+        if precision is None:
+            z = self.hyper_latent(y, rate)
+        else:
+            z = encoder_form(self.h_a, precision)(y) * RateGains.pick(self.gains.z_gain, rate)  # (B, N, h/4, w/4)
+        return self.code(y, z, rate, session, opts)
 
     def decode(self, rate: Tensor, session: DecodeSession, y_size: tuple[int, int],
                opts: ExactOptions) -> ExactLatents:
-        """Read ``len(rate)`` views of latent size ``y_size`` = (h, w) from ``session``."""
+        """Read ``len(rate)`` views of latent size ``y_size`` = (h, w) from ``session``.
+
+        On a CPU without ``exact_mode``: its oneDNN switch is process-wide, and a server synthesizes on other threads
+        while it entropy-decodes (float32 convolutions without oneDNN are 2.5x slower, bf16 ones 50x). It changes
+        nothing here: the exact networks compute in float64, which torch never hands to oneDNN (only float32, bf16
+        and float16 convolutions go there), and the determinism tests decode what ``exact_mode`` encoded."""
+        if rate.device.type == "cpu":
+            return self._code_exact(None, None, rate, session, opts, y_size)
         return self.code(None, None, rate, session, opts, y_size)
 
     def code(self, y: Tensor | None, z: Tensor | None, rate: Tensor, session: CodingSession, opts: ExactOptions,

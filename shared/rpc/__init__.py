@@ -11,10 +11,25 @@ import-light: no torch.
 
 from __future__ import annotations
 
+import json
+
 #: Stream metadata (gRPC request headers) set by the node on Fusion.Stream, so that a router can place the stream
 #: without parsing messages. Values are the Hello's camera_id and group_id; they must agree with the Hello.
 CAMERA_METADATA_KEY = "mvic-camera"
 GROUP_METADATA_KEY = "mvic-group"
+#: Trailing metadata of a stream a cluster server refused because another server owns its camera group: that
+#: server's address (``mvic.fusion_server.cluster``); the node then re-resolves and reconnects at once.
+OWNER_METADATA_KEY = "mvic-owner"
+
+#: Load-balancing policies a node's channel may use: ``ring_hash`` sends every stream of a camera group to the
+#: same server of the addresses its target resolves to (hashing the ``mvic-group`` header); ``pick_first`` takes
+#: the first address that connects.
+LB_POLICIES = ("ring_hash", "pick_first")
+#: grpcio takes ``requestHashHeader`` (gRFC A76) only with this environment variable set to true; without it the
+#: ring_hash policy fails every call ("hash attribute not present"). ``mvic-node``'s ``main`` sets it.
+RING_HASH_HEADER_ENV = "GRPC_EXPERIMENTAL_RING_HASH_SET_REQUEST_HASH_KEY"
+#: gRPC core's registered name of the ring_hash policy.
+RING_HASH_POLICY_NAME = "ring_hash_experimental"
 
 #: Fully qualified service name, as used by gRPC health checking (grpc.health.v1) and reflection.
 SERVICE_NAME = "mvic.v1.Fusion"
@@ -31,6 +46,16 @@ MESSAGE_OVERHEAD_BYTES = 64 << 10
 KEEPALIVE_TIME_MS = 20_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 MIN_PING_INTERVAL_MS = 10_000
+
+
+def service_config(lb: str = "ring_hash") -> str:
+    """The node channel's ``grpc.service_config`` (JSON): ``ring_hash`` on the ``mvic-group`` header with gRPC's
+    default ring sizes (which ``mvic.fusion_server.ring`` reproduces), or ``pick_first``."""
+    if lb not in LB_POLICIES:
+        raise ValueError(f"load-balancing policy {lb!r} is not one of {', '.join(LB_POLICIES)}")
+    policy = {RING_HASH_POLICY_NAME: {"requestHashHeader": GROUP_METADATA_KEY}} if lb == "ring_hash" \
+        else {"pick_first": {}}
+    return json.dumps({"loadBalancingConfig": [policy]})
 
 
 def max_message_bytes(max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> int:

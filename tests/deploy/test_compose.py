@@ -16,9 +16,13 @@ import fnmatch
 import functools
 import importlib.util
 import io
+import ipaddress
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 import tomllib
 from concurrent import futures
@@ -34,6 +38,7 @@ from mvic.node.config import NodeConfig
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DEPLOY = ROOT / "deploy"
+SCALE_OUT = DEPLOY / "compose.scale-out.yml"
 CAMERAS = tuple(f"C{k}" for k in range(1, 8))
 START_AT = "1700000000000000000"  # what an operator exports as MVIC_START_AT_NS
 
@@ -51,7 +56,7 @@ def interpolate(value, env: dict[str, str]):
     if isinstance(value, dict):
         return {k: interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
+        return type(value)(interpolate(v, env) for v in value)  # keeps an override file's !override tag
     if not isinstance(value, str):
         return value
 
@@ -72,8 +77,8 @@ def interpolate(value, env: dict[str, str]):
     return _VAR.sub(sub, value)
 
 
-def compose_variables() -> set[str]:
-    return {m.group(2) or m.group(5) for m in _VAR.finditer(COMPOSE.read_text()) if not m.group(1)}
+def compose_variables(path: Path = COMPOSE) -> set[str]:
+    return {m.group(2) or m.group(5) for m in _VAR.finditer(path.read_text()) if not m.group(1)}
 
 
 def load_compose(env: dict[str, str] | None = None) -> dict:
@@ -342,12 +347,18 @@ def _published(service: dict) -> list[tuple[int, int]]:
     return out
 
 
+def dial_host(target: str) -> str:
+    """The host of a node's --server (``dns:///server:50051`` -> ``server``)."""
+    return target.removeprefix("dns:///").rpartition(":")[0]
+
+
 def test_nodes_dial_the_server_service_on_its_grpc_port(compose, nodes, server):
+    """Through gRPC's DNS resolver, which returns every replica of the service (compose.scale-out.yml)."""
     config, _ = server
     for node in nodes.values():
-        host, port = node.server.rsplit(":", 1)
-        assert host == "server" and host in compose["services"]
-        assert int(port) == _port(config.listen)
+        assert node.server.startswith("dns:///")
+        assert dial_host(node.server) == "server" and "server" in compose["services"]
+        assert _port(node.server) == _port(config.listen)
 
 
 def test_published_ports_are_unique_and_lead_to_something_listening(compose, server):
@@ -363,9 +374,13 @@ def test_published_ports_are_unique_and_lead_to_something_listening(compose, ser
 
 
 def test_prometheus_scrapes_exactly_the_metrics_ports_the_services_open(compose, nodes, server):
+    from mvic.fusion_server.config import is_loopback
+
     config, _ = server
     expected = {f"server:{config.metrics_port}"} | {f"{name}:{c.metrics.port}" for name, c in nodes.items()}
     assert all(c.metrics.port for c in nodes.values())
+    for name, host in [("server", config.metrics_host), *((n, c.metrics.host) for n, c in nodes.items())]:
+        assert not is_loopback(host), f"{name} binds its metrics to {host}: Prometheus cannot reach them"
     prometheus = compose["services"]["prometheus"]
     config_flag = next(a for a in prometheus["command"] if a.startswith("--config.file="))
     mount = mount_of(prometheus, config_flag.partition("=")[2])
@@ -425,7 +440,7 @@ def test_spools_and_output_live_in_named_volumes_one_per_node(compose, nodes, se
 
 def test_every_variable_is_documented():
     readme = (DEPLOY / "README.md").read_text()
-    missing = sorted(v for v in compose_variables()
+    missing = sorted(v for v in compose_variables() | compose_variables(SCALE_OUT)
                      if f"`{v}`" not in readme and not re.fullmatch(r"WILDTRACK_C\d", v))
     assert not missing and "WILDTRACK_C<k>" in readme, f"undocumented in deploy/README.md: {missing}"
 
@@ -465,7 +480,7 @@ def test_torch_pins_match_the_setup_script(name):
 def test_image_installs_the_shipped_weights(name):
     """`pip install .` of a tree holding shared/codec/weights/*.safetensors puts them in the image as package data;
     the build checks that every file records.json lists is installed with its sha256."""
-    shipped = "shared/codec/weights/ldmic-fast-lite-v2.safetensors"
+    shipped = "shared/codec/weights/ldmic-fast-lite-v3.safetensors"
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert {"weights/*.safetensors", "weights/*.json"} <= set(package_data["mvic.shared.codec"])
     instructions = dockerfile(DEPLOY / f"{name}.Dockerfile")
@@ -591,7 +606,7 @@ def test_nodes_and_server_speak_mutual_tls_with_the_certificates_of_their_camera
         cert.verify_directly_issued_by(x509.load_pem_x509_certificate(Path(node.tls.ca).read_bytes()))
     server_cert = x509.load_pem_x509_certificate(Path(config.tls.cert).read_bytes())
     names = server_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert {n.server.rpartition(":")[0] for n in nodes.values()} <= set(names.get_values_for_type(x509.DNSName))
+    assert {dial_host(n.server) for n in nodes.values()} <= set(names.get_values_for_type(x509.DNSName))
 
 
 def test_server_health_check_dials_the_mtls_port_with_the_probe_certificate(compose, server):
@@ -629,3 +644,143 @@ def test_health_probe_speaks_mutual_tls(tmp_path, capsys):
         assert probe.main([address, "--timeout", "2", tls[0]]) == 1  # no client certificate
     finally:
         server.stop(None)
+
+
+# ------------------------------------------------------------------------------------------------ scale-out
+class _Override(list):
+    """A sequence tagged ``!override`` in an override file: it replaces the base's instead of merging."""
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags (``!override``; ``!reset`` drops the key)."""
+
+
+_ComposeLoader.add_constructor("!override", lambda loader, node: _Override(loader.construct_sequence(node)))
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+REPLACED = {"command", "entrypoint", "test"}  # sequences Compose replaces; other sequences are merged
+
+
+def merge(base, override, key: str = ""):
+    """Compose's merge of an override file onto a base (the rules this repository's files use): mappings merge
+    key by key, ``command``/``entrypoint``/``healthcheck.test`` and ``!override`` sequences replace, ``volumes``
+    merge by container path, other sequences append what is new."""
+    if isinstance(override, _Override) or (key in REPLACED and isinstance(override, list)):
+        return list(override)
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for k, v in override.items():
+            if v is None and k in out:
+                del out[k]
+            else:
+                out[k] = merge(base.get(k), v, k)
+        return out
+    if isinstance(base, list) and isinstance(override, list):
+        if key == "volumes":  # SOURCE:TARGET[:MODE], keyed by TARGET
+            replaced = {v.split(":")[1] for v in override}
+            return [v for v in base if v.split(":")[1] not in replaced] + list(override)
+        return base + [v for v in override if v not in base]
+    return override
+
+
+def load_scale_out(env: dict[str, str] | None = None) -> dict:
+    """docker-compose.yml with compose.scale-out.yml merged on top; like Compose, each file is interpolated first."""
+    override = interpolate(yaml.load(SCALE_OUT.read_text(), _ComposeLoader),
+                           {"MVIC_START_AT_NS": START_AT} if env is None else env)
+    return merge(load_compose(env), override)
+
+
+@pytest.fixture(scope="module")
+def scaled() -> dict:
+    return load_scale_out()
+
+
+def scaled_server_command(compose: dict, address: str = "172.18.0.5") -> list[str]:
+    """What a replica's entrypoint runs: the shell line is run here by ``sh`` with a stand-in ``mvic-server`` that
+    prints its arguments and a stand-in ``python`` that prints ``address`` (the container's own address), so the
+    quoting is checked as Compose and the shell would do it."""
+    service = compose["services"]["server"]
+    line = list(service["entrypoint"]) + list(service["command"])
+    bin_dir = Path(tempfile.mkdtemp(prefix="mvic-scale-out-"))
+    try:
+        (bin_dir / "mvic-server").write_text("#!/bin/sh\nprintf '%s\\0' \"$@\"\n")
+        (bin_dir / "python").write_text(f"#!/bin/sh\necho {address}\n")
+        for stub in bin_dir.iterdir():
+            stub.chmod(0o755)
+        done = subprocess.run(line, capture_output=True, check=True, timeout=30,
+                              env={"PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"})
+    finally:
+        shutil.rmtree(bin_dir, ignore_errors=True)
+    return done.stdout.decode().split("\0")[:-1]
+
+
+def test_scale_out_changes_only_the_server_and_prometheus(compose, scaled):
+    assert set(scaled["services"]) == set(compose["services"])
+    for name in compose["services"]:
+        if name not in ("server", "prometheus"):
+            assert scaled["services"][name] == compose["services"][name], name
+    assert scaled["services"]["server"]["deploy"]["replicas"] >= 2
+    assert scaled["services"]["server"]["deploy"]["resources"] == compose["services"]["server"]["deploy"]["resources"]
+    assert scaled["services"]["server"]["command"] == compose["services"]["server"]["command"]
+
+
+def test_scale_out_replicas_run_the_base_command_line_plus_the_cluster_flags(compose, scaled, capsys):
+    """Each replica names itself by its own address; the peers are the name the nodes dial; the shared output
+    volume holds idempotent outputs only, with one ack journal per server."""
+    from mvic.fusion_server import cli as server_cli
+
+    argv_ = scaled_server_command(scaled, "172.18.0.5")
+    assert argv_[:len(compose["services"]["server"]["command"])] == compose["services"]["server"]["command"]
+    args = on_host(scaled, "server", argv_)
+    parsed = server_cli.build_parser().parse_args(args)
+    mount = mount_of(scaled["services"]["server"], parsed.config)
+    args = [a.replace(parsed.config, str(ROOT / mount.source / Path(parsed.config).relative_to(mount.target)))
+            for a in args]
+    config = server_cli.config_from_args(server_cli.build_parser().parse_args(args))
+    assert server_cli.main(args + ["--validate-config"]) == 0, capsys.readouterr().err
+    assert config.cluster.self == f"172.18.0.5:{_port(config.listen)}"
+    for name, node in node_configs(scaled).items():
+        assert node.server == config.cluster.peers == f"dns:///server:{_port(config.listen)}", name
+        assert node.link.lb == "ring_hash", f"{name}: the cameras of a group must reach one replica"
+    assert config.sinks.png and not config.sinks.video, "a video file cannot be shared by replicas"
+    out = mount_of(scaled["services"]["server"], config.out)
+    assert out is not None and not out.is_bind and config.journal_dir != Path(config.out)
+
+
+def test_scale_out_replica_reads_its_own_address():
+    """The line the entrypoint runs to learn the container's address prints one IP address."""
+    raw = yaml.load(SCALE_OUT.read_text(), _ComposeLoader)["services"]["server"]["entrypoint"][2]
+    (snippet,) = re.findall(r"python -c '([^']+)'", raw)
+    import socket
+
+    try:
+        expected = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        pytest.skip("this machine's host name does not resolve (a container's always does)")
+    done = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, check=True, timeout=30)
+    assert ipaddress.ip_address(done.stdout.strip()) == ipaddress.ip_address(expected)
+
+
+def test_scale_out_publishes_one_live_page_port_per_replica_on_loopback(scaled):
+    replicas = scaled["services"]["server"]["deploy"]["replicas"]
+    (spec,) = scaled["services"]["server"]["ports"]
+    host, ports, container = str(spec).rsplit(":", 2)
+    first, _, last = ports.partition("-")
+    assert host == "127.0.0.1" and int(container) == 8080 and int(last) - int(first) + 1 >= replicas
+    for name, service in scaled["services"].items():
+        for other in service.get("ports", []):
+            assert str(other).startswith("127.0.0.1:"), f"{name} publishes {other} beyond this host"
+
+
+def test_scale_out_prometheus_finds_every_replica_by_the_service_name(scaled, server):
+    config, _ = server
+    prometheus = scaled["services"]["prometheus"]
+    config_flag = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    mount = mount_of(prometheus, config_flag.partition("=")[2])
+    assert mount and mount.is_bind and (ROOT / mount.source) == DEPLOY / "prometheus.scale-out.yml"
+    base_mounts = mounts(load_compose()["services"]["prometheus"])
+    assert {m.target for m in mounts(prometheus)} == {m.target for m in base_mounts}
+    jobs = {j["job_name"]: j for j in yaml.safe_load((ROOT / mount.source).read_text())["scrape_configs"]}
+    (sd,) = jobs["mvic-server"]["dns_sd_configs"]
+    assert sd["names"] == ["server"] and sd["type"] == "A" and sd["port"] == config.metrics_port
+    base = {j["job_name"]: j for j in yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]}
+    assert jobs["mvic-node"] == base["mvic-node"]

@@ -129,6 +129,9 @@ class Cluster:
         self.grpc_port, self.server_metrics = free_port(), free_port()
         self.node_metrics: dict[str, int] = {}
         self.server: Proc | None = None
+        self.servers: list[Proc] = []  # start_servers: a cluster
+        self.cluster_ports: list[int] = []
+        self.cluster_metrics: list[int] = []
         self.nodes: dict[str, Proc] = {}
         self._starts = 0
         self.pipe_logs = False  # True: programs log through a pipe to this process (see Proc._copy_log)
@@ -159,6 +162,47 @@ class Cluster:
         self.server = self._spawn("server", "mvic.fusion_server.cli", config)
         return self.server
 
+    # ------------------------------------------------------------------------------- several servers
+    def start_servers(self, count: int, *, cameras=CAMERAS, max_wait_ms: float = 3000.0, refresh_s: float = 1.0,
+                      probe_timeout_s: float = 0.5, **extra) -> list[Proc]:
+        """``count`` servers of one cluster on loopback sharing ``out`` (``cluster.peers`` = the ``ipv4:`` list of
+        them all, ``self`` = each one's address); nodes dial ``cluster_target``. Their metrics ports are
+        ``cluster_metrics[i]``; ``start_server`` stays the single-server path."""
+        self.cluster_ports = [free_port() for _ in range(count)]
+        self.cluster_metrics = [free_port() for _ in range(count)]
+        self.servers = []
+        for i, (port, metrics) in enumerate(zip(self.cluster_ports, self.cluster_metrics)):
+            config = {
+                "listen": f"127.0.0.1:{port}", "device": "cpu", "model": MODEL, "weights": str(self.weights),
+                "out": str(self.out), "cameras": list(cameras), "log_level": "INFO",
+                "grouping": {"tolerance_ms": 0.25e3 / FPS, "max_wait_ms": max_wait_ms},
+                "decode": {"workers": 1, "max_inflight_groups": 4, "torch_threads": 1},
+                "sinks": {"png": True, "png_name": "capture_ns"},
+                "metrics_port": metrics, "shutdown_grace_s": 5.0,
+                "cluster": {"peers": self.cluster_target, "self": f"127.0.0.1:{port}", "refresh_s": refresh_s,
+                            "probe_timeout_s": probe_timeout_s},
+                **extra,
+            }
+            self.servers.append(self._spawn(f"server{i}", "mvic.fusion_server.cli", config))
+        return self.servers
+
+    @property
+    def cluster_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.cluster_ports]
+
+    @property
+    def cluster_target(self) -> str:
+        """The one name of every server, as nodes and servers use it (a static gRPC address list)."""
+        return "ipv4:" + ",".join(self.cluster_addresses)
+
+    def wait_servers_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        for proc, port in zip(self.servers, self.cluster_metrics):
+            self.wait_for(lambda p=port: self._metric(p, "mvic_server_model_loaded") == 1.0, timeout,
+                          f"{proc.name} to load its model", watch=[proc])
+
+    def cluster_stats(self, index: int) -> dict[str, float]:
+        return scrape(self.cluster_metrics[index])
+
     def wait_server_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         self.wait_for(lambda: self._metric(self.server_metrics, "mvic_server_model_loaded") == 1.0,
                       timeout, "the server to load its model", watch=[self.server])
@@ -168,14 +212,15 @@ class Cluster:
 
     # ------------------------------------------------------------------------------------------ nodes
     def start_node(self, camera: str, *, start_at_ns: int, frames: int, link: dict | None = None,
-                   server: str | None = None, **extra) -> Proc:
-        """``server``: the address to dial instead of the server's own (a ``faultproxy.FaultProxy`` in between);
-        ``extra``: more node.yaml keys (``tls={...}``)."""
+                   server: str | None = None, scene_cameras: int = len(CAMERAS), **extra) -> Proc:
+        """``server``: the address to dial instead of the server's own (a ``faultproxy.FaultProxy`` in between, or
+        ``cluster_target``); ``scene_cameras``: cameras of the synthetic scene (C1..Cn); ``extra``: more node.yaml
+        keys (``tls={...}``, ``group=...``)."""
         self.node_metrics.setdefault(camera, free_port())
         config = {
             "camera": camera, "server": server or self.target, "log_level": "INFO",
             "source": {"uri": "", "fps": FPS, "frames": frames, "start_at_ns": start_at_ns,
-                       "synthetic": {"seed": SEED, "cameras": len(CAMERAS), "height": HEIGHT, "width": WIDTH}},
+                       "synthetic": {"seed": SEED, "cameras": scene_cameras, "height": HEIGHT, "width": WIDTH}},
             "encode": {"model": MODEL, "weights": str(self.weights), "rate": 2, "threads": 1, "policy": "every"},
             "spool": {"dir": str(self.spool)},
             "link": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0, "drain_timeout_s": 5.0,

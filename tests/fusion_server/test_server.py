@@ -66,7 +66,7 @@ def test_groups_ready_together_are_synthesized_in_one_batch(tmp_path, weights, e
     def loader(device):
         model = load_model(weights, device=device)
         synthesize = model.synthesize
-        model.synthesize = lambda batch: gate.wait(30) and synthesize(batch)
+        model.synthesize = lambda batch, *precision: gate.wait(30) and synthesize(batch, *precision)
         return model
 
     srv = ServerThread(server_config(out, weights), model_loader=loader).start()

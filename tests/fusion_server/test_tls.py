@@ -17,6 +17,7 @@ from cryptography import x509
 
 from mvic.fusion_server import cli
 from mvic.fusion_server.config import TlsConfig
+from mvic.fusion_server.tokens import token_digest
 from tests.fusion_server.harness import MiniNode, ServerThread, server_config
 from tests.pki import CA, DOMAIN
 
@@ -153,6 +154,7 @@ def test_a_revoked_camera_is_refused_and_an_open_stream_is_cut_at_its_next_messa
         err = node1.refused()
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "revoked" in err.details()
         assert node1.acked == 1
+        assert srv.app.registry.get_sample_value("mvic_server_streams_revoked_total") == 1.0  # counted once
         for cam, issued in (("C1", c1), ("C2", c2)):
             again = MiniNode(srv.port, cam, encoder, credentials=creds(ca.pem, issued))
             assert again.refused().code() == grpc.StatusCode.PERMISSION_DENIED
@@ -236,3 +238,32 @@ def test_an_insecure_public_bind_logs_a_warning(tmp_path, weights, caplog):
         srv.stop()
     assert any(r.levelno == logging.WARNING and r.getMessage().startswith("INSECURE: plaintext gRPC on 0.0.0.0:0")
                for r in caplog.records)
+
+
+def test_bearer_tokens_on_top_of_the_certificate(tmp_path, weights, encoder, views, pki):
+    """tls.tokens: a camera needs its certificate AND its own token; no token or another camera's is
+    UNAUTHENTICATED, and the server logs neither."""
+    ca, table = pki["ca"], pki["folder"] / "camera-tokens"
+    table.write_text(f"C1 sha256:{token_digest('token-of-c1')}\nC2 sha256:{token_digest('token-of-c2')}\n")
+    srv = tls_server(tmp_path, weights, replace(pki["tls"], tokens=str(table)))
+
+    def with_token(camera, token):
+        ssl_creds = creds(ca.pem, ca.camera(camera))
+        if token is None:
+            return ssl_creds
+        return grpc.composite_channel_credentials(ssl_creds, grpc.access_token_call_credentials(token))
+
+    try:
+        node = MiniNode(srv.port, "C1", encoder, credentials=with_token("C1", "token-of-c1"))
+        node.welcome()
+        node.send(*_packet(views["C1"][0]))
+        assert node.wait_acked(1)
+        node.close()
+        for camera, token in (("C2", None), ("C2", "token-of-c1"), ("C3", "token-of-c1")):
+            refused = MiniNode(srv.port, camera, encoder, credentials=with_token(camera, token))
+            err = refused.refused()
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (camera, token, err)
+            assert "token-of" not in err.details()
+            refused.close()
+    finally:
+        srv.stop()

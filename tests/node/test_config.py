@@ -166,3 +166,14 @@ def test_tls_flags_are_all_or_nothing_and_name_existing_files(tmp_path):
         load_config(overrides={"camera": "C1", "tls.ca": str(pem), "tls.cert": str(pem),
                                "tls.key": str(tmp_path / "gone")})
     assert not load_config(overrides={"camera": "C1"}).tls.enabled  # plaintext by default
+
+
+def test_server_may_name_several_servers_and_link_lb_is_checked():
+    """Issue 15: a DNS name or an ipv4: list of every server; ring_hash (default) or pick_first."""
+    for target in ("dns:///mvic-server.mvic.svc.cluster.local:50051", "ipv4:10.0.0.1:50051,10.0.0.2:50051",
+                   "ipv6:[::1]:50051,[::1]:50052"):
+        assert load_config(None, {"camera": "C1", "server": target}).server == target
+    assert load_config(None, {"camera": "C1"}).link.lb == "ring_hash"
+    assert load_config(None, {"camera": "C1", "link.lb": "pick_first"}).link.lb == "pick_first"
+    with pytest.raises(ConfigError, match="^link.lb"):
+        load_config(None, {"camera": "C1", "link.lb": "round_robin"})

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+from concurrent import futures
+from dataclasses import replace
 
 import grpc
 import pytest
 
+from mvic.node.channel import ChannelFactory, enable_ring_hash_header
 from mvic.node.config import LinkConfig
 from mvic.node.link import Link
 from mvic.node.metrics import NodeMetrics
 from mvic.node.spool import Spool
 from mvic.shared.bitstream import FORMAT_VERSION, unpack
+from mvic.shared.rpc import OWNER_METADATA_KEY, RING_HASH_HEADER_ENV
 from mvic.shared.rpc.hello import Hello
-from tests.node.fakes import FakeServer, Store, wait_for
+from mvic.shared.rpc.mvic_pb2_grpc import add_FusionServicer_to_server
+from tests.node.fakes import FakeFusion, FakeServer, Store, wait_for
 from tests.node.test_spool import HASH, packet
 
 FAST = LinkConfig(backoff_initial_s=0.05, backoff_max_s=0.2, refused_backoff_s=0.3, handshake_timeout_s=2.0,
@@ -305,3 +312,53 @@ def test_a_renewed_certificate_opens_a_new_channel_and_every_packet_arrives_once
         assert len(serials) == 2 and serials[-1] == renewed.serial != serials[0]
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------- issue 15: several servers
+class _NotOwner(FakeFusion):
+    """A cluster server that does not own the camera's group for its first ``refusals`` Hellos: UNAVAILABLE, the
+    owner in the mvic-owner trailer (what mvic.fusion_server answers)."""
+
+    def __init__(self, store, refusals: int):
+        super().__init__(store)
+        self.refusals = refusals
+
+    def Stream(self, request_iterator, context):  # noqa: N802 (gRPC's name)
+        if self.refusals > 0:
+            self.refusals -= 1
+            next(request_iterator)
+            self.store.hello_times.append(time.monotonic())
+            context.set_trailing_metadata(((OWNER_METADATA_KEY, "10.0.0.9:50051"),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "camera group 'plaza' is served by 10.0.0.9:50051")
+        yield from super().Stream(request_iterator, context)
+
+
+def test_a_not_owner_refusal_reconnects_at_once_through_a_new_channel(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv(RING_HASH_HEADER_ENV, "true")
+    store = Store()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    add_FusionServicer_to_server(_NotOwner(store, refusals=2), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    config = replace(FAST, refused_backoff_s=30.0)
+    try:
+        with caplog.at_level(logging.INFO), Harness(tmp_path, f"ipv4:127.0.0.1:{port}", config) as h:
+            h.add(2)
+            assert wait_for(lambda: h.spool.pending == 0, timeout=10)  # not 30 s of refused backoff
+            assert h.link._channels.lb == "ring_hash"
+        assert caplog.text.count("camera group served elsewhere") == 2
+        assert "refused camera" not in caplog.text
+        assert sorted(store.packets["C1"]) == [1, 2]
+    finally:
+        server.stop(0)
+
+
+def test_mvic_node_turns_on_grpcs_ring_hash_header_and_checks_it(monkeypatch):
+    """mvic-node's main sets the environment variable before any channel exists and checks with a loopback call
+    that grpcio honours it; a channel opened without it falls back to pick_first instead of failing every call."""
+    monkeypatch.delenv(RING_HASH_HEADER_ENV, raising=False)
+    assert ChannelFactory("127.0.0.1:1", [], lb="ring_hash").lb == "pick_first"
+    assert enable_ring_hash_header()
+    assert os.environ[RING_HASH_HEADER_ENV] == "true"
+    assert ChannelFactory("127.0.0.1:1", [], lb="ring_hash").lb == "ring_hash"
+    assert ChannelFactory("127.0.0.1:1", [], lb="pick_first").lb == "pick_first"
