@@ -58,3 +58,18 @@ def test_dry_run_fits_the_window_and_the_file_cap(tmp_path):
     cfg2.write_text(CONFIG.replace("max_steps: 100000", "max_steps: 1"))
     assert train_main(["--run", str(tmp_path / "next"), "--config", str(cfg2), "--init-from", str(pieces),
                        "--quiet"]) == 0
+
+
+def test_the_window_links_every_part_of_the_mvic_namespace(tmp_path):
+    """The device machine has no MVIC install: device-train.sh links each top-level part that pyproject.toml maps
+    (mvic.shared -> shared/, ..., mvic.tools -> tools/) into a namespace folder. The dry run above cannot see a
+    missing link (this checkout's editable install finds the part anyway), so compare with pyproject here."""
+    import tomllib
+
+    mapped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    top = {path for name, path in mapped.items() if name.count(".") == 1}
+    script = (REPO / "scripts" / "device-train.sh").read_text()
+    line = next(line for line in script.splitlines() if line.startswith("for part in $(sed"))
+    sed = line[line.index("sed"):line.rindex(")")]  # the script's own extraction
+    linked = subprocess.run(["bash", "-c", f"{sed}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert set(linked.split()) == top == {"shared", "node", "fusion_server", "tools"}
