@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from mvic.fusion_server.cluster import Membership
-from mvic.fusion_server.config import ServerConfig, is_loopback, split_host_port
+from mvic.fusion_server.config import ServerConfig
 from mvic.fusion_server.core import FusionCore
 from mvic.fusion_server.decoder import GroupDecoder, resolve_device
 from mvic.fusion_server.live import LiveView
@@ -36,6 +36,7 @@ from mvic.fusion_server.servicer import FusionServicer, add_to_server
 from mvic.fusion_server.tls import server_credentials
 from mvic.fusion_server.webpage import LivePage, read_token, tls_context
 from mvic.shared.codec.model import LDMIC
+from mvic.shared.addresses import is_loopback, split_host_port
 from mvic.shared.codec.registry import load_model, weights_source
 from mvic.shared.metrics_endpoint import start_metrics
 from mvic.shared.rpc import SERVICE_NAME, server_options

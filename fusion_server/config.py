@@ -99,7 +99,7 @@ from pathlib import Path
 from typing import Any
 
 from mvic.fusion_server.errors import ConfigError as ConfigError  # re-exported: config errors are the shared kind
-from mvic.shared.addresses import is_loopback, split_host_port  # noqa: F401 (re-exported)
+from mvic.shared.addresses import is_loopback, split_host_port
 from mvic.shared.bitstream import MAX_SIDE, PAD_MULTIPLE
 from mvic.shared.config import LOG_LEVELS, build, read_yaml, require, set_dotted
 from mvic.shared.errors import IdError

@@ -28,7 +28,7 @@ from mvic.fusion_server.errors import CameraInUseError, IdentityError, RevokedEr
 from mvic.shared.errors import IdError
 from mvic.shared.identity import CameraIdentity, parse_camera_uri
 from mvic.shared.ids import display
-from mvic.shared.watched import DEFAULT_INTERVAL_S, WatchedFiles
+from mvic.shared.watched import DEFAULT_INTERVAL_S, WatchedTable
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +134,10 @@ class Revocations:
 
     def __init__(self, path: str, interval_s: float = DEFAULT_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
         self.path = path
-        self._watch = WatchedFiles([path], interval_s, clock) if path else None
-        self._entries: frozenset[str] = frozenset()
-        if self._watch is not None:
-            self._entries = self._read()  # at start a file that cannot be read is an error
+        self._table = WatchedTable(path, self._parse, frozenset(), what="the revocation list", kept="the last one read",
+                                   log=log, interval_s=interval_s, clock=clock)
 
-    def _read(self) -> frozenset[str]:
-        (data,) = self._watch.take()
+    def _parse(self, data: bytes) -> frozenset[str]:
         entries = set()
         for line in data.decode("utf-8", "replace").splitlines():
             entry = line.split("#", 1)[0].strip()
@@ -153,22 +150,13 @@ class Revocations:
         log.info("revocation list %s: %d entr%s", self.path, len(entries), "y" if len(entries) == 1 else "ies")
         return frozenset(entries)
 
-    def refresh(self) -> None:
-        if self._watch is None or not self._watch.changed():
-            return
-        try:
-            self._entries = self._read()
-        except OSError as exc:
-            log.error("cannot re-read the revocation list %s (%s); keeping the last one read", self.path,
-                      exc.strerror or exc)
-
     def check(self, peer: Peer | None, camera: str) -> None:
         """Raise RevokedError when the peer's certificate serial or ``camera`` is revoked."""
-        if self._watch is None:
+        if not self._table.enabled:
             return
-        self.refresh()
+        entries = self._table.current()
         serial = peer.certificate.serial if peer is not None and peer.certificate is not None else None
-        if serial in self._entries or camera in self._entries:
-            what = f"certificate serial {serial}" if serial in self._entries else f"camera {display(camera)}"
+        if serial in entries or camera in entries:
+            what = f"certificate serial {serial}" if serial in entries else f"camera {display(camera)}"
             raise RevokedError(f"{what} is revoked (tls.revoked); issue the camera a new certificate and remove it "
                                "from the list if this is a mistake")

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from mvic.fusion_server.errors import TokenError
 from mvic.shared.errors import IdError
 from mvic.shared.ids import display, validate_camera_id
-from mvic.shared.watched import DEFAULT_INTERVAL_S, WatchedFiles
+from mvic.shared.watched import DEFAULT_INTERVAL_S, WatchedTable
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def bearer_token(metadata: Mapping[str, str] | None) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_HEADER_CHARS:
         return None
     scheme, _, token = value.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
 
 
 class CameraTokens:
@@ -78,17 +80,15 @@ class CameraTokens:
 
     def __init__(self, path: str, interval_s: float = DEFAULT_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
         self.path = path
-        self._watch = WatchedFiles([path], interval_s, clock) if path else None
-        self._table: dict[str, str] = {}
-        if self._watch is not None:
-            self._table = self._read()  # at start a file that cannot be read or parsed is an error (ValueError)
+        # at start a file that cannot be read or parsed is an error (OSError, ValueError)
+        self._table = WatchedTable(path, self._parse, {}, what="the camera tokens", kept="the last good table",
+                                   log=log, interval_s=interval_s, clock=clock)
 
     @property
     def enabled(self) -> bool:
-        return self._watch is not None
+        return self._table.enabled
 
-    def _read(self) -> dict[str, str]:
-        (data,) = self._watch.take()
+    def _parse(self, data: bytes) -> dict[str, str]:
         try:
             table = parse_tokens(data.decode("utf-8"))
         except UnicodeDecodeError:
@@ -96,21 +96,11 @@ class CameraTokens:
         log.info("camera tokens %s: %d camera%s", self.path, len(table), "" if len(table) == 1 else "s")
         return table
 
-    def refresh(self) -> None:
-        if self._watch is None or not self._watch.changed():
-            return
-        try:
-            self._table = self._read()
-        except (OSError, ValueError) as exc:
-            log.error("cannot re-read the camera tokens %s (%s); keeping the last good table", self.path,
-                      getattr(exc, "strerror", None) or exc)
-
     def check(self, camera: str, metadata: Mapping[str, str] | None) -> None:
         """Raise TokenError unless tokens are off or the stream carries ``camera``'s token."""
-        if self._watch is None:
+        if not self._table.enabled:
             return
-        self.refresh()
-        expected = self._table.get(camera)
+        expected = self._table.current().get(camera)
         token = bearer_token(metadata)
         if token is None:
             raise TokenError(f"camera {display(camera)} sent no bearer token and this server requires one "

@@ -9,9 +9,13 @@ Pure ``os`` calls; no gRPC and no cryptography.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 #: Default seconds between two looks at a watched file set.
 DEFAULT_INTERVAL_S = 2.0
@@ -65,3 +69,32 @@ class WatchedFiles:
         it changes again). OSError when one cannot be read."""
         self._taken = fingerprint(self.paths)
         return read_all(self.paths)
+
+
+class WatchedTable(Generic[T]):
+    """One file parsed into a value (a revocation list, a token table), parsed again when it changes.
+
+    ``path`` "" means not configured: ``enabled`` is False and ``current()`` is ``empty``. At start a file that cannot
+    be read or parsed raises (OSError, ValueError); later, such a file keeps the last good value and logs an ERROR
+    ("cannot re-read <what> <path> (<why>); keeping <kept>") on ``log``, the caller's logger."""
+
+    def __init__(self, path: str, parse: Callable[[bytes], T], empty: T, *, what: str, kept: str,
+                 log: logging.Logger, interval_s: float = DEFAULT_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.path, self._parse, self._what, self._kept, self._log = path, parse, what, kept, log
+        self._watch = WatchedFiles([path], interval_s, clock) if path else None
+        self._value = parse(self._watch.take()[0]) if self._watch is not None else empty
+
+    @property
+    def enabled(self) -> bool:
+        return self._watch is not None
+
+    def current(self) -> T:
+        """The value, parsed again first when a look is due and the file changed."""
+        if self._watch is not None and self._watch.changed():
+            try:
+                self._value = self._parse(self._watch.take()[0])
+            except (OSError, ValueError) as exc:
+                self._log.error("cannot re-read %s %s (%s); keeping %s", self._what, self.path,
+                                getattr(exc, "strerror", None) or exc, self._kept)
+        return self._value

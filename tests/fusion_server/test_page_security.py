@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from mvic.fusion_server import cli
 from mvic.fusion_server.app import start_metrics
-from mvic.fusion_server.config import ConfigError, ServerConfig, load_config, split_host_port
+from mvic.fusion_server.config import ConfigError, ServerConfig, load_config
+from mvic.shared.addresses import split_host_port
 from mvic.fusion_server.webpage import read_token, tls_context
 from mvic.tools import certs
 from tests.fusion_server.test_webpage import SLACK_S, PageThread

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 
@@ -12,22 +11,10 @@ from mvic.fusion_server.errors import TokenError
 from mvic.fusion_server.status import status_for
 from mvic.fusion_server.tokens import CameraTokens, bearer_token, parse_tokens, token_digest
 from mvic.tools.certs import main as certs_main
+from tests.files import rewrite
+from tests.fusion_server.test_core import Clock
 
 DIGEST = "ab" * 32
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
-def bump(path, text):
-    path.write_text(text)
-    st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a new mtime whatever the clock's grain
 
 
 @pytest.mark.parametrize("value, token", [("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Basic abc", None),
@@ -67,14 +54,14 @@ def test_the_file_is_reread_and_a_bad_one_keeps_the_last_good_table(tmp_path, ca
     path, clock = tmp_path / "tokens", Clock()
     path.write_text(f"C1 sha256:{token_digest('old')}\n")
     tokens = CameraTokens(str(path), interval_s=1.0, clock=clock)
-    bump(path, f"C1 sha256:{token_digest('new')}\n")
+    rewrite(path, f"C1 sha256:{token_digest('new')}\n")
     tokens.check("C1", {"authorization": "Bearer old"})  # not looked at again before interval_s
-    clock.now = 2.0
+    clock.now += 2.0
     with pytest.raises(TokenError):
         tokens.check("C1", {"authorization": "Bearer old"})
     tokens.check("C1", {"authorization": "Bearer new"})
-    bump(path, "C1 garbage\n")
-    clock.now = 4.0
+    rewrite(path, "C1 garbage\n")
+    clock.now += 2.0
     with caplog.at_level(logging.ERROR, logger="mvic.fusion_server.tokens"):
         tokens.check("C1", {"authorization": "Bearer new"})
     assert "keeping the last good table" in caplog.text

@@ -4,13 +4,12 @@ a token file is only taken over TLS."""
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 
 import pytest
 
 from mvic.node.channel import ChannelFactory
 from mvic.node.config import ConfigError, TlsConfig
+from tests.files import rewrite
 
 
 def files(tmp_path, token: bool):
@@ -20,14 +19,6 @@ def files(tmp_path, token: bool):
         path.write_text(f"{name} v1\n")
         paths[name] = str(path)
     return paths
-
-
-def bump(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-    st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    time.sleep(0.05)  # past reload_s: the next renewed() looks at the files
 
 
 def test_a_token_needs_tls_and_an_existing_file(tmp_path):
@@ -51,9 +42,9 @@ def test_a_changed_token_or_certificate_is_a_renewal_and_an_empty_one_is_not(tmp
     asyncio.run(open_and_close())
     assert not factory.renewed()
     changed = paths["token_file" if token else "cert"]
-    bump(changed, "")  # half written: keep the current channel
+    rewrite(changed, "", wait_s=0.05)  # half written: keep the current channel
     assert not factory.renewed()
-    bump(changed, "renewed v2\n")
+    rewrite(changed, "renewed v2\n", wait_s=0.05)
     assert factory.renewed()
     asyncio.run(open_and_close())
     assert not factory.renewed()
