@@ -29,16 +29,27 @@ def proxy(cluster):
 
 
 def _start(cluster, proxy, frames: int) -> int:
-    """Server, then the nodes (C1, C2 through the proxy); returns the schedule's start once each camera has
-    written a frame."""
+    """Server (serving), then the nodes (C1, C2 through the proxy); returns the schedule's start once each camera
+    has written a frame. The schedule starts after the server is up, and later on a machine where the server was
+    slow to start: three nodes importing torch at once take about twice as long, and a schedule that began before
+    they were up would end before the faults fall."""
+    t0 = time.monotonic()
     server = cluster.start_server()
-    start_at = time.time_ns() + int(LEAD_S * 1e9)
+    cluster.wait_server_ready()
+    lead_s = max(LEAD_S, 2.5 * (time.monotonic() - t0))
+    start_at = time.time_ns() + int(lead_s * 1e9)
     for cam in CAMERAS:
         cluster.start_node(cam, start_at_ns=start_at, frames=frames,
                            server=proxy.target if cam in VIA_PROXY else None)
     cluster.wait_for(lambda: all(png_names(cluster.out, c) for c in CAMERAS), 90, "a first frame of every camera",
                      watch=[server, *cluster.nodes.values()], poll=0.05)
     return start_at
+
+
+def _watched(cluster) -> list:
+    """The processes a fault test needs alive: the server and the proxied nodes (C3's link is direct, so it may
+    finish its frames and exit first)."""
+    return [cluster.server, *(cluster.nodes[c] for c in VIA_PROXY)]
 
 
 def _node_metric(cluster, camera: str, name: str) -> float | None:
@@ -108,7 +119,7 @@ def _cut(cluster, proxy, cut_s: float, frames: int) -> None:
         assert proxy.connections == 0
         # frames go on being captured and wait in the spools (bounded: the spool would drop the oldest past max_bytes)
         cluster.wait_for(_backlog(cluster, VIA_PROXY, 3), cut_s, "C1 and C2 to spool frames during the cut",
-                         watch=[cluster.server, *cluster.nodes.values()])
+                         watch=_watched(cluster))
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", proxy.port)) != 0, "the cut link still takes connections"
     cluster.wait_for(lambda: proxy.stats.accepted > accepted, 30, "C1 and C2 to reconnect through the proxy",
@@ -138,7 +149,7 @@ def test_latency_jitter_resets_then_acks_stalled(cluster, proxy):
         before = {c: _node_metric(cluster, c, "mvic_node_reconnects_total") or 0.0 for c in VIA_PROXY}
         assert proxy.reset() >= len(VIA_PROXY)
         cluster.wait_for(_streaming(cluster, VIA_PROXY, before), 30, f"C1 and C2 to stream again after reset "
-                         f"{i + 1}", watch=[cluster.server, *cluster.nodes.values()])
+                         f"{i + 1}", watch=_watched(cluster))
     assert proxy.stats.resets >= 3 * len(VIA_PROXY)
     _stall(cluster, proxy, "down", backlog=4)
     _assert_exactly_once(cluster, start_at, frames)
@@ -150,7 +161,7 @@ def _stall(cluster, proxy, direction: str, backlog: int) -> None:
     proxy.stall(direction)
     try:
         cluster.wait_for(_backlog(cluster, VIA_PROXY, backlog), 20, f"a backlog in C1 and C2 while {direction} "
-                         "stalls", watch=[cluster.server, *cluster.nodes.values()])
+                         "stalls", watch=_watched(cluster))
         if direction == "down":  # the server goes on writing C1's frames; their acks wait in the proxy
             written = len(png_names(cluster.out, "C1"))
             cluster.wait_for(lambda: len(png_names(cluster.out, "C1")) >= written + 2, 20,
