@@ -36,6 +36,7 @@ from mvic.node.sources import Source, open_source
 from mvic.node.spool import Spool
 from mvic.shared.bitstream import FORMAT_VERSION
 from mvic.shared.codec.model import LDMIC
+from mvic.shared.heap import pin_mmap_threshold
 from mvic.shared.metrics_endpoint import start_metrics
 from mvic.shared.rpc.hello import Hello, mvic_version
 
@@ -67,6 +68,7 @@ class NodeApp:
     # ------------------------------------------------------------------------------------------- start
     def start(self) -> None:
         cfg = self.config
+        pin_mmap_threshold()  # frame-sized buffers go back to the OS after each frame
         if self.model is None:
             self.model = load_encoder(cfg.encode)
         configure_torch(cfg.encode.threads)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvic.shared.codec._compressai import CheckerboardMaskedConv2d, MaskedConv2d, quantize_ste
@@ -27,6 +28,7 @@ from mvic.shared.codec.entropy_coding import CdfTable, CodingSession
 from mvic.shared.codec.fixedpoint import (
     ACT_LIMIT,
     ExactOptions,
+    IntConv,
     dequantize_fixed,
     exact_form,
     from_fixed,
@@ -98,6 +100,38 @@ class CheckerboardContext(_ContextBase):
 
     def code(self, params_fx: Tensor, y: Tensor | None, session: CodingSession, tables: GaussianTables,
              opts: ExactOptions) -> CodedLatent:
+        h, w = params_fx.shape[-2:]
+        if h % 2 or w % 2:
+            return self._code_masked(params_fx, y, session, tables, opts)
+        return self._code_lattice(params_fx, y, session, tables)
+
+    def _code_lattice(self, params_fx: Tensor, y: Tensor | None, session: CodingSession,
+                      tables: GaussianTables) -> CodedLatent:
+        """``code`` for an even h and w: each pass gathers its sites with strided views (``Checkerboard``) and the
+        context convolution runs at the non-anchors only (the anchors' context is never used)."""
+        b, _, h, w = params_fx.shape
+        m, grid = self.m, Checkerboard(h, w)
+        ep = exact_form(self.entropy_parameters)
+        y_hat_fx = params_fx.new_zeros(b, m, h, w)
+        scales = params_fx.new_zeros(b, m, h, w)
+        means = params_fx.new_zeros(b, m, h, w)
+        p = grid.sites
+        for anchors in (True, False):
+            params_rows = grid.rows(params_fx, anchors)  # (B*P, 2M)
+            ctx_rows = (torch.zeros_like(params_rows) if anchors
+                        else grid.conv_rows(exact_form(self.context_prediction), y_hat_fx))  # (B*P, 2M)
+            idx, sc, mu, mu_fx = (t.view(b, p, m).permute(0, 2, 1)  # (B, M, P)
+                                  for t in self._ep_exact(ep, params_rows, ctx_rows, tables))
+            target = grid.take(y, anchors).reshape(b, m, p) if y is not None else None
+            symbols = session.code(target, mu, idx, tables.cdf)  # (B, M, P)
+            grid.put(y_hat_fx, dequantize_fixed(symbols, mu_fx), anchors)
+            grid.put(scales, sc, anchors)
+            grid.put(means, mu, anchors)
+        return CodedLatent(y_hat_fx, scales, means)
+
+    def _code_masked(self, params_fx: Tensor, y: Tensor | None, session: CodingSession, tables: GaussianTables,
+                     opts: ExactOptions) -> CodedLatent:
+        """``code`` for any h and w: sites by boolean mask, the context convolution over the whole latent."""
         b, _, h, w = params_fx.shape
         m = self.m
         ep = exact_form(self.entropy_parameters)
@@ -124,6 +158,66 @@ class CheckerboardContext(_ContextBase):
             if ctx_fx is None:
                 ctx_fx = ctx_conv(y_hat_fx, opts)  # y_hat_fx holds anchors only here; (B, 2M, h, w)
         return CodedLatent(y_hat_fx, scales, means)
+
+
+class Checkerboard:
+    """The two site lattices of an even (h, w) latent as strided views, in the boolean mask's (row-major) order.
+
+    Anchors ((row + col) odd) sit at odd columns of even rows and even columns of odd rows; each row holds w/2
+    sites of either kind, so a lattice is a (B, C, h, w/2) tensor whose row r interleaves the two slices.
+    """
+
+    _CONV_ROWS = 8  # latent rows per context-convolution GEMM (even): bounds the patch matrix to a few MiB
+
+    def __init__(self, h: int, w: int):
+        if h % 2 or w % 2:
+            raise ValueError(f"a checkerboard lattice needs an even latent size, not {h}x{w}")
+        self.h, self.w = h, w
+        self.sites = h * w // 2
+
+    @staticmethod
+    def _slices(x: Tensor, anchors: bool) -> tuple[Tensor, Tensor]:
+        """(..., H, W) -> the (even rows, odd rows) strided views of one lattice."""
+        first = 1 if anchors else 0  # the lattice's first column in even rows
+        return x[..., 0::2, first::2], x[..., 1::2, 1 - first::2]
+
+    def take(self, x: Tensor, anchors: bool) -> Tensor:
+        """(B, C, h, w) -> (B, C, h, w/2): the lattice's values, a copy."""
+        even, odd = self._slices(x, anchors)
+        return torch.stack([even, odd], dim=3).reshape(*x.shape[:2], self.h, self.w // 2)
+
+    def rows(self, x: Tensor, anchors: bool) -> Tensor:
+        """(B, C, h, w) -> (B*P, C): one row of channels per site."""
+        return self.take(x, anchors).permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+    def put(self, dest: Tensor, values: Tensor, anchors: bool) -> None:
+        """Write (B, C, P) lattice values into (B, C, h, w) ``dest`` at the lattice's sites."""
+        b, c = dest.shape[:2]
+        v = values.reshape(b, c, self.h // 2, 2, self.w // 2)
+        even, odd = self._slices(dest, anchors)
+        even.copy_(v[:, :, :, 0])
+        odd.copy_(v[:, :, :, 1])
+
+    def conv_rows(self, conv: IntConv, x_fx: Tensor) -> Tensor:
+        """``conv`` (stride 1, odd square kernel, 'same' padding) of (B, C, h, w) ``x_fx`` at the non-anchor sites
+        only: (B*P, C_out) rows, the integers the whole convolution gives there, at half its cost."""
+        b, c, h, w = x_fx.shape
+        pad = conv.padding
+        taps = conv.phases[0].taps
+        xp = F.pad(x_fx, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (B, h+2p, w+2p, C), a view
+        out = x_fx.new_empty(b, h, w // 2, conv.bias.shape[0])  # (B, h, w/2, C_out)
+        step = self._CONV_ROWS
+        for r0 in range(0, h, step):
+            n = min(step, h - r0)
+            patches = x_fx.new_empty(b, n // 2, 2, w // 2, len(taps), c)  # (B, n/2, 2, w/2, T, C)
+            for t, (dy, dx) in enumerate(taps):
+                window = xp[:, pad + dy + r0:pad + dy + r0 + n, pad + dx:pad + dx + w]  # (B, n, w, C)
+                even, odd = window[:, 0::2, 0::2], window[:, 1::2, 1::2]  # non-anchors; r0 is even
+                patches[:, :, 0, :, t] = even
+                patches[:, :, 1, :, t] = odd
+            rows = conv.patch_rows(patches.view(-1, len(taps) * c))  # (B*n*w/2, C_out)
+            out[:, r0:r0 + n] = rows.view(b, n, w // 2, -1)
+        return out.reshape(-1, out.shape[-1])
 
 
 class AutoregressiveContext(_ContextBase):

@@ -194,6 +194,11 @@ class IntConv:
         """A 1x1 convolution applied to rows of channel vectors: (P, C_in) -> (P, C_out)."""
         return _requantize_(torch.addmm(self.bias, x_rows, self.rows_weight), self.inv_scale)
 
+    def patch_rows(self, patches: Tensor) -> Tensor:
+        """A stride-1 convolution at chosen output pixels: (P, T*C_in) input patches, the taps in
+        ``phases[0].taps`` order, -> (P, C_out) requantized; the same integers as the whole convolution there."""
+        return _requantize_(torch.addmm(self.bias, patches, self.phases[0].weight), self.inv_scale)
+
     @cached_property
     def rows_weight(self) -> Tensor:
         """The weight as a (C_in, C_out) matrix for ``rows``."""
