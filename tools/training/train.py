@@ -42,6 +42,7 @@ from mvic.tools.training.compressai_init import init_from_compressai, parse_sour
 from mvic.tools.training.config import RunConfig, load_config
 from mvic.tools.training.data import BatchStream, GroupBatcher, MixedBatcher
 from mvic.tools.training.ema import WeightsEMA
+from mvic.tools.training.reladder import follow_ladder, trained_lambdas
 from mvic.tools.training.sources import make_source
 
 
@@ -180,6 +181,11 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     optimizers = {"main": opt, "aux": aux_opt}
     ema = WeightsEMA(model, cfg.optim.ema) if cfg.optim.ema else None
     step = load_checkpoint(run_dir, model, optimizers, ema) if resuming else 0
+    ladder_source = run_dir if resuming else (Path(cfg.init_from) if cfg.init_from else None)
+    old_ladder = trained_lambdas(ladder_source, spec.lambdas) if ladder_source and ladder_source.is_dir() else None
+    if follow_ladder(model, old_ladder, rate_lambdas, ema.averaged() if ema is not None else None):
+        print(f"rate gains moved from lambdas {list(old_ladder)} to {list(rate_lambdas)} (log-linear per channel)",
+              file=sys.stderr)
     batches = make_batches(cfg, spec.num_rates, seed=cfg.seed + step)
     lambdas = torch.tensor(rate_lambdas, device=device)
     amp = use_bf16(cfg.optim.amp, device)
