@@ -42,6 +42,9 @@ class OptimConfig:
     workers: int = 0  # DataLoader processes preparing batches (0: in the training process)
     gain_lr_scale: float = 1.0  # the rate gains' lr over the others' (set at a run's start: it adds a param group)
     lambdas: tuple[float, ...] = ()  # the rate points' lambdas, lowest rate first (empty: the model table's)
+    # the ladder a weights-file init_from was trained at; its gains are moved to ``lambdas`` (a run or pieces folder
+    # says its own, and a resumed run its checkpoint's)
+    init_lambdas: tuple[float, ...] = ()
     ema: float = 0.0  # decay of the weights' moving average that checkpoints keep and exports use (0: off)
 
 

@@ -63,8 +63,11 @@ def trained_lambdas(folder: Path, default: Sequence[float]) -> tuple[float, ...]
 def follow_ladder(model: torch.nn.Module, old: Sequence[float] | None, new: Sequence[float],
                   averaged: dict[str, Tensor] | None = None) -> bool:
     """Move the model's gains (and their average, when given) from ladder ``old`` to ``new``; True if they moved."""
-    if old is None or tuple(old) == tuple(new) or len(old) != len(new):
+    if old is None or tuple(old) == tuple(new):
         return False
+    if len(old) != len(new):
+        raise ValueError(f"the starting weights were trained at {len(old)} lambdas {list(old)}, this run has "
+                         f"{len(new)}; optim.init_lambdas must list one lambda per rate point")
     reladder_gains(dict(model.named_parameters()), old, new)
     if averaged is not None:
         reladder_gains(averaged, old, new)

@@ -76,3 +76,19 @@ def test_a_run_started_from_a_run_folder_follows_the_new_ladder(tmp_path, capsys
     assert main(["--run", str(tmp_path / "second"), "--config", str(_config(tmp_path, NEW, 1)),
                  "--init-from", str(first), "--quiet"]) == 0
     assert "rate gains moved from lambdas" in capsys.readouterr().err
+
+
+def test_a_weights_file_moves_only_when_its_ladder_is_given(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["--run", str(first), "--config", str(_config(tmp_path, OLD, 1)), "--quiet"]) == 0
+    weights = tmp_path / "w.safetensors"
+    assert main(["--run", str(first), "--export", str(weights)]) == 0
+    capsys.readouterr()
+    assert main(["--run", str(tmp_path / "silent"), "--config", str(_config(tmp_path, NEW, 1)),
+                 "--init-from", str(weights), "--quiet"]) == 0
+    assert "rate gains moved" not in capsys.readouterr().err  # a file does not say its ladder
+    told = _config(tmp_path, NEW, 1).read_text().replace("ema: 0.9,", f"ema: 0.9, init_lambdas: {OLD},")
+    (tmp_path / "told.yaml").write_text(told)
+    assert main(["--run", str(tmp_path / "told"), "--config", str(tmp_path / "told.yaml"), "--init-from", str(weights),
+                 "--quiet"]) == 0
+    assert "rate gains moved from lambdas [96.0, 206.0, 443.0, 952.0, 2048.0]" in capsys.readouterr().err
