@@ -129,13 +129,15 @@ class FusionApp:
         model = await asyncio.to_thread(self._model_loader, device)
         # Entropy decoding runs on CPU workers: with a GPU for synthesis they get a CPU copy of the same weights.
         entropy_model = model if device == "cpu" else await asyncio.to_thread(self._model_loader, "cpu")
-        decoder = GroupDecoder(model, entropy_model, precision=c.decode.precision)
+        decoder = GroupDecoder(model, entropy_model, precision=c.decode.precision,
+                               entropy_threads=c.decode.entropy_threads)
         self.core.attach_decoder(decoder, on_device_fault=self._device_fault)
         self.metrics.model_loaded.set(1)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("model %s (weights %s) loaded: entropy decoding on %d CPU worker(s), synthesis on %s in %s in "
-                 "batches of up to %d view sets: serving", model.spec.name, model.weights_hash.hex(), c.decode.workers,
-                 device, decoder.synthesis_precision.value, c.decode.max_batch)
+        log.info("model %s (weights %s) loaded: entropy decoding on %d CPU worker(s) of %d thread(s), synthesis on %s "
+                 "in %s in batches of up to %d view sets: serving", model.spec.name, model.weights_hash.hex(),
+                 c.decode.workers, c.decode.entropy_threads, device, decoder.synthesis_precision.value,
+                 c.decode.max_batch)
 
     async def stop(self) -> None:
         """Reverse order; safe after a partial start."""

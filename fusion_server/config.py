@@ -57,6 +57,8 @@ stage (receive -> group -> joint decode -> sink) its section. Errors start with 
                                    # the device takes what is ready, it never waits for a batch to fill
       max_inflight_groups: 8       # groups between the grouper and the ack; more makes streams wait
       torch_threads: 0             # torch intra-op threads (0 = torch's default)
+      entropy_threads: 1           # threads sharing the views of one group's entropy decoding (the same integers);
+                                   # more helps a GPU server whose CPU has cores to spare, not a 2-core CPU server
       precision: auto              # synthesis arithmetic: auto (bf16 on a CPU with native bf16, 3-4x faster for
                                    # under 0.1 dB; fp32 elsewhere), fp32, bf16; entropy decoding is exact anyway
     sinks:
@@ -149,6 +151,7 @@ class DecodeConfig:
     max_batch: int = 4
     max_inflight_groups: int = 8
     torch_threads: int = 0
+    entropy_threads: int = 1
     precision: str = "auto"
 
 
@@ -272,6 +275,7 @@ def validate(c: ServerConfig) -> None:
     require(1 <= d.max_batch <= 64, "decode.max_batch", "must be 1..64")
     require(d.max_inflight_groups >= d.workers, "decode.max_inflight_groups", "must be >= decode.workers")
     require(d.torch_threads >= 0, "decode.torch_threads", "must be >= 0")
+    require(1 <= d.entropy_threads <= 64, "decode.entropy_threads", "must be 1..64")
     require(d.precision in ("auto", "fp32", "bf16"), "decode.precision", "must be auto, fp32 or bf16")
     require(c.sinks.png_name in PNG_NAMES, "sinks.png_name", f"must be one of {', '.join(PNG_NAMES)}")
     require(0 < c.sinks.video_fps <= 1000, "sinks.video_fps", "must be in (0, 1000]")

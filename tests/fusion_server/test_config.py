@@ -42,6 +42,7 @@ def test_empty_weights_flag_means_the_installed_weights(tmp_path, monkeypatch):
     ("grouping: {tolerence_ms: 5}\n", "grouping.tolerence_ms: unknown key"),
     ("bogus: 1\n", "bogus: unknown key"),
     ("decode: {workers: two}\n", "decode.workers"),
+    ("decode: {entropy_threads: 0}\n", "decode.entropy_threads: must be 1..64"),
     ("sinks: {png: 1}\n", "sinks.png"),
     ("device: gpu0\n", "device"),
     ("cameras: [C1, C1]\n", "cameras"),

@@ -58,6 +58,38 @@ def test_three_cameras_every_frame_written_once_and_acked_after_write(server, en
         node.close()
 
 
+def test_decode_entropy_threads_reach_the_decoder(tmp_path, weights, encoder, views):
+    """``decode.entropy_threads`` shares each group's entropy decoding among that many threads; frames as ever."""
+    out = tmp_path / "out"
+    seen = []
+
+    def loader(device):
+        model = load_model(weights, device=device)
+        entropy_decode = model.entropy_decode
+        model.entropy_decode = lambda group, *a, threads=1, **kw: (seen.append(threads),
+                                                                    entropy_decode(group, *a, threads=threads, **kw))[1]
+        return model
+
+    base = server_config(out, weights)
+    config = server_config(out, weights, decode=replace(base.decode, entropy_threads=3))
+    srv = ServerThread(config, model_loader=loader).start()
+    try:
+        nodes = {cam: MiniNode(srv.port, cam, encoder) for cam in CAMERAS}
+        for node in nodes.values():
+            node.welcome()
+        for i in range(2):
+            for cam, node in nodes.items():
+                node.send(*_packet(views[cam][i]))
+        for cam, node in nodes.items():
+            assert node.wait_acked(2), f"{cam} acked only {node.acked}"
+            assert _pngs(out, cam) == [f"{s:010d}.png" for s in (1, 2)]
+        assert seen and set(seen) == {3}
+        for node in nodes.values():
+            node.close()
+    finally:
+        srv.stop()
+
+
 def test_groups_ready_together_are_synthesized_in_one_batch(tmp_path, weights, encoder, views):
     """The device is held busy until every group is entropy-decoded: they then go in batches, same frames and acks."""
     out = tmp_path / "out"
