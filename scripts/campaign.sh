@@ -44,7 +44,7 @@ case "${1:-status}" in
   export)
     [ -f "$run/checkpoint.json" ] || { echo "campaign: no checkpoint in $run yet" >&2; exit 1; }
     # the lineage before this run: ldmic-fast-lite-v3's 12347 steps and 5.06 h (4.93 h to v2, then 0.13 h on one
-    # H200; override for another start)
+    # H200), where the run of 2026-11-30 started (v4 is its step 2268); a run started from v4 itself: 14615 and 7.94
     base_steps=${MVIC_CAMPAIGN_BASE_STEPS:-12347}
     base_hours=${MVIC_CAMPAIGN_BASE_HOURS:-5.06}
     step=$("$B/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['step'])" "$run/checkpoint.json")
