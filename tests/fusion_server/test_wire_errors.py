@@ -72,10 +72,17 @@ def _server(tmp_path, weights, **admission) -> ServerThread:
     return ServerThread(replace(config, admission=replace(AdmissionConfig(), **admission))).start()
 
 
+def _grpc_poller_noise(record: logging.LogRecord) -> bool:
+    """grpc.aio's process-wide completion-queue poller waking an event loop that an earlier test's server closed
+    (grpc/grpc#25364): an artefact of many servers on many loops in one test process, not of this message."""
+    return record.name == "asyncio" and record.getMessage().startswith(
+        "Exception in callback PollerCompletionQueue._handle_events")
+
+
 def _assert_clean_log(caplog) -> None:
     """No error, no traceback, no forged line, and a bounded amount of text."""
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], \
-        [r.getMessage()[:200] for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    bad = [r for r in caplog.records if (r.levelno >= logging.ERROR or r.exc_info) and not _grpc_poller_noise(r)]
+    assert not bad, [r.getMessage()[:200] for r in bad]
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "\n" in m], "a client-supplied line break reached the log"
     assert sum(map(len, messages)) < LOG_BOUND, f"{sum(map(len, messages))} characters of log"
