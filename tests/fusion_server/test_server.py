@@ -359,7 +359,7 @@ def test_shutdown_drains_open_view_sets_before_closing(tmp_path, weights, encode
     _wait_until(lambda: _metric(srv, "mvic_server_open_groups") == 1, "C1's view to wait in an open view set")
     assert c1.acked == 0
     srv.stop()  # ... unless the server drains
-    assert c1.acked == 1
+    assert c1.wait_acked(1)  # the ack was sent before the stream ended; the client's reader thread may lag
     assert c1.refused().code() == grpc.StatusCode.UNAVAILABLE
     c1.close(), c2.close()
 
