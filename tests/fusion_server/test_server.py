@@ -74,12 +74,7 @@ def test_decode_entropy_threads_reach_the_decoder(tmp_path, weights, encoder, vi
     config = server_config(out, weights, decode=replace(base.decode, entropy_threads=3))
     srv = ServerThread(config, model_loader=loader).start()
     try:
-        nodes = {cam: MiniNode(srv.port, cam, encoder) for cam in CAMERAS}
-        for node in nodes.values():
-            node.welcome()
-        for i in range(2):
-            for cam, node in nodes.items():
-                node.send(*_packet(views[cam][i]))
+        nodes = _send_rounds(srv, encoder, views, 2)
         for cam, node in nodes.items():
             assert node.wait_acked(2), f"{cam} acked only {node.acked}"
             assert _pngs(out, cam) == [f"{s:010d}.png" for s in (1, 2)]
@@ -103,12 +98,7 @@ def test_groups_ready_together_are_synthesized_in_one_batch(tmp_path, weights, e
 
     srv = ServerThread(server_config(out, weights), model_loader=loader).start()
     try:
-        nodes = {cam: MiniNode(srv.port, cam, encoder) for cam in CAMERAS}
-        for node in nodes.values():
-            node.welcome()
-        for i in range(6):
-            for cam, node in nodes.items():
-                node.send(*_packet(views[cam][i]))
+        nodes = _send_rounds(srv, encoder, views, 6)
         _wait_until(lambda: _metric(srv, "mvic_server_decode_seconds_count", stage="entropy") == 6,
                     "every view set to be entropy-decoded")
         gate.set()
@@ -383,6 +373,17 @@ def test_half_close_ends_stream_after_last_ack(server, encoder, views):
     node.half_close()
     assert node.wait_end()
     assert node.acked == 2 and node.error is None
+
+
+def _send_rounds(srv: ServerThread, encoder, views, rounds: int) -> dict[str, MiniNode]:
+    """Every camera connected (welcomed), then ``rounds`` frames sent, one of each camera per round."""
+    nodes = {cam: MiniNode(srv.port, cam, encoder) for cam in CAMERAS}
+    for node in nodes.values():
+        node.welcome()
+    for i in range(rounds):
+        for cam, node in nodes.items():
+            node.send(*_packet(views[cam][i]))
+    return nodes
 
 
 def _packet(item):

@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mvic.tools.training.compressai_init import parse_source
+from mvic.tools.training.config import RunConfig
+
 GAIN_TABLES = ("y_gain", "y_inverse", "z_gain", "z_inverse")
 
 
@@ -72,3 +75,16 @@ def follow_ladder(model: torch.nn.Module, old: Sequence[float] | None, new: Sequ
     if averaged is not None:
         reladder_gains(averaged, old, new)
     return True
+
+
+def starting_ladder(cfg: RunConfig, resumed: Path | None, default: tuple[float, ...]) -> tuple[float, ...] | None:
+    """The lambda ladder the starting weights were trained at: a resumed run's checkpoint's, an init_from run or
+    pieces folder's own, else ``optim.init_lambdas`` for a weights file; None when unknown (the gains stay)."""
+    if resumed is not None:
+        return trained_lambdas(resumed, default)
+    if not cfg.init_from or parse_source(cfg.init_from) is not None:
+        return None
+    source = Path(cfg.init_from)
+    if source.is_dir():
+        return trained_lambdas(source, default)
+    return cfg.optim.init_lambdas or None

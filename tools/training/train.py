@@ -42,7 +42,7 @@ from mvic.tools.training.compressai_init import init_from_compressai, parse_sour
 from mvic.tools.training.config import RunConfig, load_config
 from mvic.tools.training.data import BatchStream, GroupBatcher, MixedBatcher
 from mvic.tools.training.ema import WeightsEMA
-from mvic.tools.training.reladder import follow_ladder, trained_lambdas
+from mvic.tools.training.reladder import follow_ladder, starting_ladder
 from mvic.tools.training.sources import make_source
 
 
@@ -151,19 +151,6 @@ def start_from(model: LDMIC, init_from: str, lambdas: tuple[float, ...], progres
           f"{done.lambda_source:.0f}), both JCTs as the identity", file=sys.stderr)
 
 
-def trained_ladder(cfg: RunConfig, resumed: Path | None, default: tuple[float, ...]) -> tuple[float, ...] | None:
-    """The lambda ladder the starting weights were trained at: a resumed run's checkpoint's, an init_from run or
-    pieces folder's own, else ``optim.init_lambdas`` for a weights file; None when unknown (the gains stay)."""
-    if resumed is not None:
-        return trained_lambdas(resumed, default)
-    if not cfg.init_from or parse_source(cfg.init_from) is not None:
-        return None
-    source = Path(cfg.init_from)
-    if source.is_dir():
-        return trained_lambdas(source, default)
-    return cfg.optim.init_lambdas or None
-
-
 def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float | None = None,
           progress: bool = True, stop_at: float | None = None) -> int:
     """Train until optim.max_steps or the time budget; checkpoints in run_dir. Returns the last step.
@@ -194,7 +181,7 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     optimizers = {"main": opt, "aux": aux_opt}
     ema = WeightsEMA(model, cfg.optim.ema) if cfg.optim.ema else None
     step = load_checkpoint(run_dir, model, optimizers, ema) if resuming else 0
-    old_ladder = trained_ladder(cfg, run_dir if resuming else None, spec.lambdas)
+    old_ladder = starting_ladder(cfg, run_dir if resuming else None, spec.lambdas)
     if follow_ladder(model, old_ladder, rate_lambdas, ema.averaged() if ema is not None else None):
         print(f"rate gains moved from lambdas {list(old_ladder)} to {list(rate_lambdas)} (log-linear per channel)",
               file=sys.stderr)
