@@ -6,6 +6,9 @@
 #   scripts/campaign.sh export         # the run's weights' average -> exports/, mvic-eval on both held-out sets
 #                                      # (MVIC only; the classical codecs are coded once and reused), a row of the
 #                                      # learning curve (learning-curve.csv / .png); copy both to docs/ to publish
+#   scripts/campaign.sh refresh-ar MINUTES [FAST]  # the autoregressive ldmic-lite from fast weights (default: the
+#                                      # shipped ones): MINUTES of configs/refresh-lite-ar.yaml at nice 19 in
+#                                      # lite-ar-from-<FAST>/ (resumed), export, mvic-eval, BD against FAST
 # Everything lives outside the work tree, under $MVIC_RUNS (default /var/tmp/mvic-runs):
 #   data/corpus, data/scenes/s*   the training data, built once with the project's own tools
 #   fast-lite/                    the run folder (checkpoint with the weights' average, log.csv)
@@ -27,6 +30,20 @@ running() { [ -f "$runs/campaign.pid" ] && kill -0 "$(cat "$runs/campaign.pid")"
 hours_trained() {
   awk -F, 'NR > 1 { if ($8 + 0 < last) total += last; last = $8 + 0 } END { printf "%.3f", (total + last) / 3600 }' \
     "$run/log.csv"
+}
+
+# mvic-eval of weights file $2 on both held-out sets into eval/$1-<set>; the classical codecs are coded once
+evaluate() {
+  [ -f "$runs/data/evaldata/manifest.json" ] || "$B/python" -m mvic.tools.evaluation.stereo_photos build -o "$runs/data/evaldata"
+  local synth=(--data synthetic --groups 2 --cameras 3 --size 270x480 --seed 1000)
+  local real=(--data stereo-photos --root "$runs/data/evaldata" --groups 5)
+  local ds args
+  for ds in synthetic stereo-photos; do
+    if [ "$ds" = synthetic ]; then args=("${synth[@]}"); else args=("${real[@]}"); fi
+    [ -f "$runs/eval/baselines-$ds/results.json" ] || "$B/mvic-eval" --weights "$2" "${args[@]}" \
+      --baselines x265-intra-444 jpeg webp -o "$runs/eval/baselines-$ds"
+    [ -f "$runs/eval/$1-$ds/results.json" ] || "$B/mvic-eval" --weights "$2" "${args[@]}" --baselines -o "$runs/eval/$1-$ds"
+  done
 }
 
 case "${1:-status}" in
@@ -52,23 +69,34 @@ case "${1:-status}" in
     name=campaign-step$step
     mkdir -p "$runs/exports" "$runs/eval"
     "$B/mvic-train" --run "$run" --export "$runs/exports/$name.safetensors" --fp16-kernels
-    [ -f "$runs/data/evaldata/manifest.json" ] || "$B/python" -m mvic.tools.evaluation.stereo_photos build -o "$runs/data/evaldata"
-    synth=(--data synthetic --groups 2 --cameras 3 --size 270x480 --seed 1000)
-    real=(--data stereo-photos --root "$runs/data/evaldata" --groups 5)
-    for ds in synthetic stereo-photos; do
-      if [ "$ds" = synthetic ]; then args=("${synth[@]}"); else args=("${real[@]}"); fi
-      [ -f "$runs/eval/baselines-$ds/results.json" ] || "$B/mvic-eval" --weights "$runs/exports/$name.safetensors" \
-        "${args[@]}" --baselines x265-intra-444 jpeg webp -o "$runs/eval/baselines-$ds"
-      "$B/mvic-eval" --weights "$runs/exports/$name.safetensors" "${args[@]}" --baselines -o "$runs/eval/$name-$ds"
-    done
+    rm -rf "$runs/eval/$name-synthetic" "$runs/eval/$name-stereo-photos"  # a re-export at the same step
+    evaluate "$name" "$runs/exports/$name.safetensors"
     "$B/python" -m mvic.tools.evaluation.curve --csv "$runs/learning-curve.csv" --plot "$runs/learning-curve.png" \
       --add "$name" --steps $((base_steps + step)) \
       --hours "$("$B/python" -c "print(round($base_hours + $hours, 3))")" \
       --results "synthetic=$runs/eval/$name-synthetic" "stereo-photos=$runs/eval/$name-stereo-photos" \
       --baselines-from "synthetic=$runs/eval/baselines-synthetic" "stereo-photos=$runs/eval/baselines-stereo-photos"
     exit 0 ;;
+  refresh-ar)
+    minutes=${2:?usage: campaign.sh refresh-ar MINUTES [FAST_WEIGHTS]}
+    fast=${3:-$("$B/python" -c "from mvic.shared.codec.registry import default_weights as d; \
+print(d('ldmic-fast-lite').path)")}
+    fast=$(realpath "$fast")
+    stem=$(basename "$fast" .safetensors)
+    name=lite-ar-from-$stem
+    mkdir -p "$runs/exports" "$runs/eval"
+    (cd "$runs" && nice -n 19 "$B/mvic-train" --config "$repo/configs/refresh-lite-ar.yaml" --run "$runs/$name" \
+      --init-from "$fast" --max-minutes "$minutes" --quiet)
+    "$B/mvic-train" --run "$runs/$name" --export "$runs/exports/$name.safetensors" --fp16-kernels
+    rm -rf "$runs/eval/$name-synthetic" "$runs/eval/$name-stereo-photos"
+    evaluate "$stem" "$fast"
+    evaluate "$name" "$runs/exports/$name.safetensors"
+    for ds in synthetic stereo-photos; do
+      "$B/python" -m mvic.tools.evaluation.compare --anchor "$runs/eval/$stem-$ds" --test "$runs/eval/$name-$ds"
+    done
+    exit 0 ;;
   start) ;;
-  *) echo "usage: campaign.sh start [INIT] | status | stop | export" >&2; exit 2 ;;
+  *) echo "usage: campaign.sh start [INIT] | status | stop | export | refresh-ar MINUTES [FAST]" >&2; exit 2 ;;
 esac
 
 if running; then echo "campaign: already running (pid $(cat "$runs/campaign.pid"))"; exit 0; fi

@@ -91,11 +91,13 @@ class LDMIC(CompressionModel):
                                      self.context, self.gains)
 
     # ----------------------------------------------------------------------------------------------- forward
-    def forward(self, x: Tensor, rate: Tensor) -> RDOutput:
+    def forward(self, x: Tensor, rate: Tensor, *, synthesize: bool = True) -> RDOutput:
         """x: (B, V, 3, H, W) in [0, 1], H and W multiples of 64; rate: (B,) or (B, V) rate indexes.
 
         Training mode: noise for the rates, straight-through rounding for the decoder (mixed quantization).
         Eval mode: the exact coding path without the rANS coder, so x_hat is what ``decompress`` will give.
+        ``synthesize=False`` stops after the entropy model (x_hat is None): the rates alone, for training that
+        updates only the entropy model.
         """
         b, v, _, h, w = x.shape
         if h % 64 or w % 64:
@@ -104,7 +106,9 @@ class LDMIC(CompressionModel):
         flat = x.reshape(b * v, 3, h, w)  # (B*V, 3, H, W)
         y = last_in_float32(self.g_a, flat) * RateGains.pick(self.gains.y_gain, rate)  # (B*V, M, h, w), gained
         lat = self.latent_codec.forward(y, rate, training=self.training)  # y_hat (B*V, M, h, w)
-        x_hat = self._synthesize(lat.y_hat * RateGains.pick(self.gains.y_inverse, rate), b, v)  # (B, V, 3, H, W)
+        x_hat = None
+        if synthesize:
+            x_hat = self._synthesize(lat.y_hat * RateGains.pick(self.gains.y_inverse, rate), b, v)  # (B, V, 3, H, W)
         lik_y = lat.likelihoods_y.view(b, v, *lat.likelihoods_y.shape[1:])  # (B, V, M, h, w)
         lik_z = lat.likelihoods_z.view(b, v, *lat.likelihoods_z.shape[1:])  # (B, V, N, h/4, w/4)
         return RDOutput(x_hat, lik_y, lik_z)

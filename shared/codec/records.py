@@ -21,7 +21,7 @@ from mvic.shared.codec.latent_codec import ExactLatents
 class RDOutput:
     """Forward pass of a batch of view groups."""
 
-    x_hat: Tensor  # (B, V, 3, H, W)
+    x_hat: Tensor | None  # (B, V, 3, H, W); None from forward(..., synthesize=False)
     likelihoods_y: Tensor  # (B, V, M, H/16, W/16)
     likelihoods_z: Tensor  # (B, V, N, H/64, W/64)
 

@@ -1,5 +1,6 @@
-"""scripts/campaign.sh: status of a run folder (steps, hours over restarts), stop, and export's refusal without a
-checkpoint. (start sets up data with the network and trains for hours: not run here.)"""
+"""scripts/campaign.sh: status of a run folder (steps, hours over restarts), stop, export's refusal without a
+checkpoint and refresh-ar's without its minutes. (start sets up data with the network and trains for hours: not run
+here.)"""
 
 from __future__ import annotations
 
@@ -33,3 +34,6 @@ def test_stop_without_a_process_and_export_without_a_checkpoint(tmp_path):
     done = _campaign(tmp_path, "export")
     assert done.returncode == 1 and "no checkpoint" in done.stderr
     assert _campaign(tmp_path, "bogus").returncode == 2
+    missing = _campaign(tmp_path, "refresh-ar")  # the AR refresh needs its training minutes
+    assert missing.returncode != 0 and "usage: campaign.sh refresh-ar MINUTES" in missing.stderr
+    assert not (tmp_path / "exports").exists()  # refused before anything was made

@@ -46,6 +46,9 @@ class OptimConfig:
     # says its own, and a resumed run its checkpoint's)
     init_lambdas: tuple[float, ...] = ()
     ema: float = 0.0  # decay of the weights' moving average that checkpoints keep and exports use (0: off)
+    # parameter-name prefixes that train (empty: all); the rest stay as init_from left them. Prefixes within the
+    # entropy model only (ENTROPY_MODEL_PREFIXES in train.py) make a rate-only run that skips the synthesis
+    train_only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

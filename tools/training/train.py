@@ -51,6 +51,8 @@ def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.T
     b, v, _, h, w = x.shape
     bits = (out.likelihoods_y.log2().sum(dim=(1, 2, 3, 4)) + out.likelihoods_z.log2().sum(dim=(1, 2, 3, 4))).neg()
     bpp = bits / (v * h * w)  # (B,) mean bpp per view
+    if out.x_hat is None:  # a rate-only forward (rate_only_training): the bits are the loss; no distortion known
+        return bpp.mean(), bpp.mean(), torch.full((), math.nan, device=bpp.device)
     x_hat = out.x_hat.float()  # bf16 under autocast; the distortion is always measured in float32
     mse = (x_hat - x).pow(2).mean(dim=(1, 2, 3, 4))  # (B,)
     lam = lambdas[rate]
@@ -74,10 +76,32 @@ def cpu_bf16_native() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
 
 
+#: The entropy model's parameters: under straight-through rounding the distortion has no gradient in them (y_hat =
+#: y + a constant offset whatever the means), so training only these minimises the bits alone.
+ENTROPY_MODEL_PREFIXES = ("h_a.", "h_s.", "entropy_bottleneck.", "context.")
+
+
+def train_only(model: LDMIC, prefixes: tuple[str, ...]) -> bool:
+    """``optim.train_only``: freeze every parameter whose name starts with none of ``prefixes`` (nothing is frozen
+    when empty; the entropy bottleneck's quantiles always follow their aux loss). True when only the entropy model
+    trains: the run may then skip the synthesis (``rd_loss`` of a rate-only forward)."""
+    if not prefixes:
+        return False
+    names = [n for n, _ in model.named_parameters()]
+    unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unknown:
+        tops = sorted({n.split(".")[0] for n in names})
+        raise ValueError(f"optim.train_only: {unknown} name no parameter of {model.spec.name} (its modules: "
+                         f"{', '.join(tops)})")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(tuple(prefixes)) or name.endswith("quantiles"))
+    return all(n.startswith(ENTROPY_MODEL_PREFIXES) for n, p in model.named_parameters() if p.requires_grad)
+
+
 def param_groups(model: LDMIC, gain_lr_scale: float) -> list[dict]:
-    """The main optimizer's groups: every parameter but the entropy bottleneck's quantiles (the aux optimizer's);
-    with a gain_lr_scale other than 1 the rate gains form a group of their own whose lr is scaled."""
-    named = [(n, p) for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    """The main optimizer's groups: every trainable parameter but the entropy bottleneck's quantiles (the aux
+    optimizer's); with a gain_lr_scale other than 1 the rate gains form a group of their own whose lr is scaled."""
+    named = [(n, p) for n, p in model.named_parameters() if not n.endswith("quantiles") and p.requires_grad]
     if gain_lr_scale == 1.0:
         return [{"params": [p for _, p in named]}]
     if gain_lr_scale <= 0:
@@ -173,6 +197,10 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     model = model.to(device).train()
     if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    rate_only = train_only(model, cfg.optim.train_only)
+    if rate_only:
+        print(f"optim.train_only {list(cfg.optim.train_only)}: the entropy model alone trains, on the bits (no "
+              "synthesis)", file=sys.stderr)
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     groups = param_groups(model, cfg.optim.gain_lr_scale)
     main_params = [p for g in groups for p in g["params"]]
@@ -213,7 +241,7 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
             x = batch.images.to(device, non_blocking=True)
             rate = batch.rate.to(device, non_blocking=True)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(x, rate)
+                out = model(x, rate, synthesize=not rate_only)
             loss, bpp, mse = rd_loss(out, x, rate, lambdas, cfg.optim.metric)
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):

@@ -1,0 +1,73 @@
+"""optim.train_only: a run that trains some parameters only; the entropy model alone trains on the bits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mvic.shared.codec.model import LDMIC
+from mvic.shared.codec.registry import export_weights
+from mvic.shared.model_table import spec_by_name
+from mvic.tools.training.checkpoint import load_state
+from mvic.tools.training.train import ENTROPY_MODEL_PREFIXES, main, param_groups, rd_loss, train_only
+
+CONFIG = """
+model: test-tiny-ar
+log_every: 1
+checkpoint_every: 1000
+init_from: {init}
+data: {{kind: synthetic, cameras: 2, frames: 2, scenes: 1, height: 64, width: 64, k_min: 1, k_max: 2}}
+optim: {{batch_size: 2, crop: 64, lr: 1.0e-2, max_steps: 4, train_only: {prefixes}}}
+"""
+
+
+def test_only_the_named_parameters_train():
+    model = LDMIC(spec_by_name("test-tiny-ar"))
+    assert train_only(model, ()) is False and all(p.requires_grad for p in model.parameters())
+    assert train_only(model, ("context.", "gains.")) is False  # the gains move the distortion: a full run
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("context.", "gains.")) or n.endswith("quantiles") for n in trainable)
+    assert any(n.startswith("gains.") for n in trainable)
+    assert train_only(model, ENTROPY_MODEL_PREFIXES) is True
+    (group,) = param_groups(model, 1.0)
+    assert len(group["params"]) == sum(1 for n, p in model.named_parameters()
+                                       if n.startswith(ENTROPY_MODEL_PREFIXES) and not n.endswith("quantiles"))
+    with pytest.raises(ValueError, match=r"\['g_s'\] name no parameter.*g_a"):
+        train_only(model, ("g_s",))
+
+
+def test_a_rate_only_forward_gives_the_same_bits_without_a_picture():
+    torch.manual_seed(0)
+    model = LDMIC(spec_by_name("test-tiny-ar")).eval()
+    model.update(force=True)
+    x = torch.rand(2, 2, 3, 64, 64)
+    rate = torch.tensor([0, 4])
+    with torch.no_grad():
+        full, bits = model(x, rate), model(x, rate, synthesize=False)
+    assert bits.x_hat is None and full.x_hat is not None
+    assert torch.equal(full.likelihoods_y, bits.likelihoods_y) and torch.equal(full.likelihoods_z, bits.likelihoods_z)
+    lambdas = torch.tensor([1.0, 2, 3, 4, 5])
+    loss, bpp, mse = rd_loss(bits, x, rate, lambdas, "mse")
+    assert loss == bpp and math.isnan(float(mse))  # the bits alone; no distortion is claimed
+    full_loss, full_bpp, _ = rd_loss(full, x, rate, lambdas, "mse")
+    assert full_bpp == bpp and full_loss > loss
+
+
+def test_an_entropy_model_run_leaves_the_transforms_as_they_came(tmp_path):
+    fast = LDMIC(spec_by_name("test-tiny-fast"))
+    export_weights(fast, tmp_path / "fast.safetensors")
+    start = {k: v.clone() for k, v in fast.state_dict().items()}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.format(init=tmp_path / "fast.safetensors", prefixes=list(ENTROPY_MODEL_PREFIXES)))
+    run = tmp_path / "run"
+    assert main(["--run", str(run), "--config", str(cfg), "--quiet"]) == 0
+    after = load_state(run)
+    frozen = [k for k in start if k.startswith(("g_a.", "gains.", "jct_1.", "synthesis_1.", "jct_2.", "synthesis_2."))]
+    assert frozen and all(torch.equal(after[k], start[k]) for k in frozen)
+    moved = [k for k in start if k.startswith(ENTROPY_MODEL_PREFIXES) and k.endswith("weight") and "mask" not in k]
+    assert any(not torch.equal(after[k], start[k]) for k in moved if k in after)
+    rows = (run / "log.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and all(r.split(",")[3] == "nan" for r in rows)  # loss = bpp, no mse claimed
+    assert all(r.split(",")[1] == r.split(",")[2] for r in rows)
