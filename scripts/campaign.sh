@@ -2,12 +2,14 @@
 # The standing CPU training campaign (issue 10): resume it at the start of every session, then work on.
 #   scripts/campaign.sh start [INIT]   # set up, then train in the background at nice 19 (resumes the run if any)
 #   scripts/campaign.sh status         # running or not, the last log rows, steps and CPU-hours so far
-#   scripts/campaign.sh stop           # stop it (it checkpoints every 5 minutes; a stop loses at most that)
+#   scripts/campaign.sh stop           # stop it: it ends its step and checkpoints (killed harder, it loses at most
+#                                      # the 5 minutes since its last checkpoint)
 #   scripts/campaign.sh export         # the run's weights' average -> exports/, mvic-eval on both held-out sets
 #                                      # (MVIC only; the classical codecs are coded once and reused), a row of the
 #                                      # learning curve (learning-curve.csv / .png); copy both to docs/ to publish
 #   scripts/campaign.sh refresh-ar MINUTES [FAST]  # the autoregressive ldmic-lite from fast weights (default: the
-#                                      # shipped ones): MINUTES of configs/refresh-lite-ar.yaml at nice 19 in
+#                                      # shipped ones): MINUTES of configs/refresh-lite-ar.yaml at nice 19 (or
+#                                      # $MVIC_REFRESH_NICE, e.g. 5 to come before the campaign) in
 #                                      # lite-ar-from-<FAST>/ (resumed), export, mvic-eval, BD against FAST
 # Everything lives outside the work tree, under $MVIC_RUNS (default /var/tmp/mvic-runs):
 #   data/corpus, data/scenes/s*   the training data, built once with the project's own tools
@@ -79,13 +81,16 @@ case "${1:-status}" in
     exit 0 ;;
   refresh-ar)
     minutes=${2:?usage: campaign.sh refresh-ar MINUTES [FAST_WEIGHTS]}
+    [ -f "$runs/data/corpus/manifest.json" ] || {
+      echo "campaign: no training data under $runs/data; scripts/campaign.sh start builds it (then stop it if need be)" >&2
+      exit 1; }
     fast=${3:-$("$B/python" -c "from mvic.shared.codec.registry import default_weights as d; \
 print(d('ldmic-fast-lite').path)")}
     fast=$(realpath "$fast")
     stem=$(basename "$fast" .safetensors)
     name=lite-ar-from-$stem
     mkdir -p "$runs/exports" "$runs/eval"
-    (cd "$runs" && nice -n 19 "$B/mvic-train" --config "$repo/configs/refresh-lite-ar.yaml" --run "$runs/$name" \
+    (cd "$runs" && nice -n "${MVIC_REFRESH_NICE:-19}" "$B/mvic-train" --config "$repo/configs/refresh-lite-ar.yaml" --run "$runs/$name" \
       --init-from "$fast" --max-minutes "$minutes" --quiet)
     "$B/mvic-train" --run "$runs/$name" --export "$runs/exports/$name.safetensors" --fp16-kernels
     rm -rf "$runs/eval/$name-synthetic" "$runs/eval/$name-stereo-photos"

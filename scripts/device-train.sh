@@ -80,8 +80,9 @@ say "scenes ready: $(ls data/scenes | wc -l)"
 
 run=/tmp/runs/$name
 train_until() {  # CONFIG: train in the foreground until stop_at; the hard stop only ends a run that overran it
+  # (its TERM lets the step end with a checkpoint; KILL 20 s later if that hangs)
   set +e
-  timeout $(( stop_at - $(date +%s) + reserve_bench / 2 )) python3 -m mvic.tools.training.train --config "$1" \
+  timeout -k 20 $(( stop_at - $(date +%s) + reserve_bench / 2 )) python3 -m mvic.tools.training.train --config "$1" \
     --run "$run" --device "$device" --stop-at "$stop_at" --quiet "${init[@]}" 2>&1 | tail -n 20 | tee -a "$log"
   status=${PIPESTATUS[0]}
   set -e

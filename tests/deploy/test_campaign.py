@@ -36,4 +36,6 @@ def test_stop_without_a_process_and_export_without_a_checkpoint(tmp_path):
     assert _campaign(tmp_path, "bogus").returncode == 2
     missing = _campaign(tmp_path, "refresh-ar")  # the AR refresh needs its training minutes
     assert missing.returncode != 0 and "usage: campaign.sh refresh-ar MINUTES" in missing.stderr
+    no_data = _campaign(tmp_path, "refresh-ar", "5")  # and the campaign's training data
+    assert no_data.returncode == 1 and "campaign.sh start builds it" in no_data.stderr
     assert not (tmp_path / "exports").exists()  # refused before anything was made

@@ -44,6 +44,7 @@ from mvic.tools.training.data import BatchStream, GroupBatcher, MixedBatcher
 from mvic.tools.training.ema import WeightsEMA
 from mvic.tools.training.reladder import follow_ladder, starting_ladder
 from mvic.tools.training.sources import make_source
+from mvic.tools.training.stopping import StopSignals
 
 
 def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.Tensor, metric: str):
@@ -180,7 +181,8 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     """Train until optim.max_steps or the time budget; checkpoints in run_dir. Returns the last step.
 
     Checkpoints every ``checkpoint_every`` steps and, with ``checkpoint_minutes``, whenever that much time has
-    passed since the last one, so a process stopped at any moment loses at most that much work. ``stop_at`` (Unix
+    passed since the last one, so a process killed at any moment loses at most that much work; a SIGTERM or SIGINT
+    ends the run after the current step with a checkpoint (``StopSignals``). ``stop_at`` (Unix
     time) ends the run at that moment whatever its start-up cost; the time-budgeted lr decays then use the time left
     when training starts as the budget."""
     torch.manual_seed(cfg.seed)
@@ -225,11 +227,11 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     t0 = last_checkpoint = time.monotonic()
     skipped = 0
     bar = tqdm(total=cfg.optim.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
-    with open(log_path, "a", newline="") as log_file:
+    with open(log_path, "a", newline="") as log_file, StopSignals() as stop:
         log = csv.writer(log_file)
         if new_log:
             log.writerow(["step", "loss", "bpp", "mse", "psnr_db", "aux", "lr", "seconds", "k"])
-        while step < cfg.optim.max_steps and time.monotonic() < deadline:
+        while step < cfg.optim.max_steps and time.monotonic() < deadline and not stop.requested:
             decays = sum(step >= m for m in cfg.optim.lr_milestones)
             if max_minutes:  # time-budgeted runs (short GPU leases) decay by the share of the budget used
                 used = (time.monotonic() - t0) / (60 * max_minutes)

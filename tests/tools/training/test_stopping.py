@@ -1,0 +1,54 @@
+"""A signal ends a training run after its step with a checkpoint; nothing since the last checkpoint is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mvic.tools.training.stopping import StopSignals
+
+CONFIG = """
+model: test-tiny-fast
+log_every: 1
+checkpoint_every: 100000
+data: {kind: synthetic, cameras: 2, frames: 2, scenes: 1, height: 64, width: 64, k_min: 1, k_max: 2}
+optim: {batch_size: 1, crop: 64, lr: 1.0e-3, max_steps: 100000}
+"""
+
+
+def test_the_first_signal_asks_the_second_interrupts():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.received == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_run_checkpoints_the_steps_it_made(tmp_path, sig):
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mvic.tools.training.train", "--run", str(run), "--config",
+                             str(tmp_path / "cfg.yaml"), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    log = run / "log.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 4):
+        time.sleep(0.2)  # a few steps logged, no checkpoint yet (checkpoint_every is far away)
+    assert not (run / "checkpoint.json").exists()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    step = json.loads((run / "checkpoint.json").read_text())["step"]
+    logged = int(log.read_text().splitlines()[-1].split(",")[0])
+    assert step >= logged >= 3 and f"stopped at step {step}" in out
+    assert "stopping after this step" in err
