@@ -224,10 +224,19 @@ class AutoregressiveContext(_ContextBase):
     def __init__(self, m: int):
         super().__init__(m, MaskedConv2d(m, 2 * m, kernel_size=5, padding=2, mask_type="A"))
 
+    #: Training only: a second pass whose context sees what the coder will, round(y - means) + means with the first
+    #: pass's means, instead of the noisy latent alone (set by ``optim.ar_two_pass``; no effect on coding).
+    two_pass = False
+
     def train_params(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """Float path: the context sees the noisy latent (LDMIC's training recipe)."""
+        """Float path: the context sees the noisy latent (LDMIC's training recipe); with ``two_pass``, then the
+        latent rounded around those means (detached), closer to the decoded values the coder's context sees."""
         noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
-        return self._ep(params, self.context_prediction(noisy))
+        scales, means = self._ep(params, self.context_prediction(noisy))
+        if not self.two_pass:
+            return scales, means
+        rounded = (torch.round(y - means) + means).detach()  # (B, M, h, w)
+        return self._ep(params, self.context_prediction(rounded))
 
     def code(self, params_fx: Tensor, y: Tensor | None, session: CodingSession, tables: GaussianTables,
              opts: ExactOptions) -> CodedLatent:

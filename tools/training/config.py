@@ -49,6 +49,8 @@ class OptimConfig:
     # parameter-name prefixes that train (empty: all); the rest stay as init_from left them. Prefixes within the
     # entropy model only (ENTROPY_MODEL_PREFIXES in train.py) make a rate-only run that skips the synthesis
     train_only: tuple[str, ...] = ()
+    # autoregressive models: the context's second training pass on the latent rounded around the first pass's means
+    ar_two_pass: bool = False
 
 
 @dataclass(frozen=True)

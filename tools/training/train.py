@@ -30,7 +30,7 @@ from mvic.shared.codec.model import LDMIC, RDOutput
 from mvic.shared.codec.registry import export_weights
 from mvic.shared.config import to_dict
 from mvic.shared.errors import ConfigError, WeightsError
-from mvic.shared.model_table import spec_by_name
+from mvic.shared.model_table import ContextModel, spec_by_name
 from mvic.tools.training.checkpoint import (
     PIECES_INDEX,
     load_checkpoint,
@@ -200,6 +200,10 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
     rate_only = train_only(model, cfg.optim.train_only)
+    if cfg.optim.ar_two_pass:
+        if spec.context is not ContextModel.AUTOREGRESSIVE:
+            raise ValueError(f"optim.ar_two_pass is for autoregressive models; {spec.name} is {spec.context.value}")
+        model.context.two_pass = True
     if rate_only:
         print(f"optim.train_only {list(cfg.optim.train_only)}: the entropy model alone trains, on the bits (no "
               "synthesis)", file=sys.stderr)

@@ -71,3 +71,13 @@ def test_an_entropy_model_run_leaves_the_transforms_as_they_came(tmp_path):
     rows = (run / "log.csv").read_text().splitlines()[1:]
     assert len(rows) == 4 and all(r.split(",")[3] == "nan" for r in rows)  # loss = bpp, no mse claimed
     assert all(r.split(",")[1] == r.split(",")[2] for r in rows)
+
+
+def test_the_second_context_pass_is_for_autoregressive_models_only(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    body = CONFIG.replace("init_from: {init}\n", "").format(prefixes="[context.]")
+    cfg.write_text(body.replace("train_only: [context.]", "train_only: [context.], ar_two_pass: true"))
+    assert main(["--run", str(tmp_path / "ar"), "--config", str(cfg), "--quiet"]) == 0
+    cfg.write_text(cfg.read_text().replace("test-tiny-ar", "test-tiny-fast"))
+    with pytest.raises(ValueError, match="ar_two_pass is for autoregressive models"):
+        main(["--run", str(tmp_path / "fast"), "--config", str(cfg), "--quiet"])
