@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The CPU-only recipe of the *-cpu-v1 weights (issue 5; ldmic-lite-cpu-v1 still ships, the fast one was replaced by
-# ldmic-fast-lite-v2, then -v3); the standing campaign is scripts/campaign.sh. One command on a plain two-core machine:
+# The CPU-only recipe of the *-cpu-v1 weights (issue 5; both retired: the fast one by ldmic-fast-lite-v2 ... -v4, the
+# autoregressive one by ldmic-lite-v2, from scripts/campaign.sh refresh-ar); the standing campaign is
+# scripts/campaign.sh. One command on a plain two-core machine:
 #   scripts/train-cpu.sh [HOURS]      # default 5 h: 70 % ldmic-fast-lite, then 30 % ldmic-lite started from it
 # Builds the data with the project's own tools (mvic-corpus, mvic-scene), trains configs/lite-cpu.yaml and
 # configs/lite-cpu-ar.yaml (both resume where a previous call stopped), exports both into shared/codec/weights/,
