@@ -12,14 +12,11 @@ import time
 import pytest
 
 from mvic.tools.training.stopping import StopSignals
+from tests.tools.training.test_training import CONFIG as TRAINING_CONFIG
 
-CONFIG = """
-model: test-tiny-fast
-log_every: 1
-checkpoint_every: 100000
-data: {kind: synthetic, cameras: 2, frames: 2, scenes: 1, height: 64, width: 64, k_min: 1, k_max: 2}
-optim: {batch_size: 1, crop: 64, lr: 1.0e-3, max_steps: 100000}
-"""
+# test_training's run, made endless and without a checkpoint by steps: only the signal can end it with one
+CONFIG = TRAINING_CONFIG.replace("max_steps: 40", "max_steps: 100000").replace("checkpoint_every: 1000",
+                                                                              "checkpoint_every: 100000")
 
 
 def test_the_first_signal_asks_the_second_interrupts():
