@@ -52,7 +52,7 @@ def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.T
     b, v, _, h, w = x.shape
     bits = (out.likelihoods_y.log2().sum(dim=(1, 2, 3, 4)) + out.likelihoods_z.log2().sum(dim=(1, 2, 3, 4))).neg()
     bpp = bits / (v * h * w)  # (B,) mean bpp per view
-    if out.x_hat is None:  # a rate-only forward (rate_only_training): the bits are the loss; no distortion known
+    if out.x_hat is None:  # a rate-only forward (train_only of the entropy model): the bits are the loss
         return bpp.mean(), bpp.mean(), torch.full((), math.nan, device=bpp.device)
     x_hat = out.x_hat.float()  # bf16 under autocast; the distortion is always measured in float32
     mse = (x_hat - x).pow(2).mean(dim=(1, 2, 3, 4))  # (B,)
@@ -78,7 +78,7 @@ def cpu_bf16_native() -> bool:
 
 
 #: The entropy model's parameters: under straight-through rounding the distortion has no gradient in them (y_hat =
-#: y + a constant offset whatever the means), so training only these minimises the bits alone.
+#: y + an offset that carries no gradient, whatever the means), so training only these minimises the bits alone.
 ENTROPY_MODEL_PREFIXES = ("h_a.", "h_s.", "entropy_bottleneck.", "context.")
 
 

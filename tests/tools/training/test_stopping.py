@@ -49,3 +49,21 @@ def test_a_stopped_run_checkpoints_the_steps_it_made(tmp_path, sig):
     logged = int(log.read_text().splitlines()[-1].split(",")[0])
     assert step >= logged >= 3 and f"stopped at step {step}" in out
     assert "stopping after this step" in err
+
+
+def test_ctrl_c_to_the_whole_process_group_still_checkpoints(tmp_path):
+    """A terminal's Ctrl-C signals the DataLoader workers too; the run still ends with its checkpoint."""
+    (tmp_path / "cfg.yaml").write_text(CONFIG.replace("max_steps: 100000}", "max_steps: 100000, workers: 1}"))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mvic.tools.training.train", "--run", str(run), "--config",
+                             str(tmp_path / "cfg.yaml"), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    log = run / "log.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 4):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    step = json.loads((run / "checkpoint.json").read_text())["step"]
+    assert step >= 3 and f"stopped at step {step}" in out
