@@ -34,6 +34,11 @@ hours_trained() {
     "$run/log.csv"
 }
 
+# the shipped ldmic-fast-lite weights file
+shipped_fast() {
+  "$B/python" -c "from mvic.shared.codec.registry import default_weights as d; print(d('ldmic-fast-lite').path)"
+}
+
 # mvic-eval of weights file $2 on both held-out sets into eval/$1-<set>; the classical codecs are coded once
 evaluate() {
   [ -f "$runs/data/evaldata/manifest.json" ] || "$B/python" -m mvic.tools.evaluation.stereo_photos build -o "$runs/data/evaldata"
@@ -84,14 +89,13 @@ case "${1:-status}" in
     [ -f "$runs/data/corpus/manifest.json" ] || {
       echo "campaign: no training data under $runs/data; scripts/campaign.sh start builds it (then stop it if need be)" >&2
       exit 1; }
-    fast=${3:-$("$B/python" -c "from mvic.shared.codec.registry import default_weights as d; \
-print(d('ldmic-fast-lite').path)")}
+    fast=${3:-$(shipped_fast)}
     fast=$(realpath "$fast")
     stem=$(basename "$fast" .safetensors)
     name=lite-ar-from-$stem
     mkdir -p "$runs/exports" "$runs/eval"
-    (cd "$runs" && nice -n "${MVIC_REFRESH_NICE:-19}" "$B/mvic-train" --config "$repo/configs/refresh-lite-ar.yaml" --run "$runs/$name" \
-      --init-from "$fast" --max-minutes "$minutes" --quiet)
+    (cd "$runs" && nice -n "${MVIC_REFRESH_NICE:-19}" "$B/mvic-train" --config "$repo/configs/refresh-lite-ar.yaml" \
+      --run "$runs/$name" --init-from "$fast" --max-minutes "$minutes" --quiet)
     "$B/mvic-train" --run "$runs/$name" --export "$runs/exports/$name.safetensors" --fp16-kernels
     rm -rf "$runs/eval/$name-synthetic" "$runs/eval/$name-stereo-photos"
     evaluate "$stem" "$fast"
@@ -119,8 +123,7 @@ if [ ! -f "$run/checkpoint.json" ]; then
   source=${2:-}
   if [ -z "$source" ]; then
     newest=$(ls -1dt "$runs"/incoming/*/ 2>/dev/null | head -n 1 || true)
-    source=${newest:-$("$B/python" -c "from mvic.shared.codec.registry import default_weights as d; \
-print(d('ldmic-fast-lite').path)")}
+    source=${newest:-$(shipped_fast)}
   fi
   init=(--init-from "$source")
   echo "campaign: new run from $source"
