@@ -83,10 +83,10 @@ def decoder_input(model: LDMIC, x: Tensor, rate: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def joint_gain(model: LDMIC, batches: list[Batch]) -> list[float]:
-    """Mean joint minus separate PSNR (dB) per rate point over the batches' views."""
+def joint_gain(model: LDMIC, batches: list[Batch]) -> tuple[list[float], float]:
+    """Mean joint minus separate PSNR (dB) per rate point over the batches' views, and the separate PSNR's mean."""
     model.eval()
-    gains = []
+    gains, separate = [], []
     for q in range(model.spec.num_rates):
         diffs = []
         for batch in batches:
@@ -97,15 +97,19 @@ def joint_gain(model: LDMIC, batches: list[Batch]) -> list[float]:
             alone = model._synthesize(y_hat, b * v, 1).clamp(0, 1).view_as(joint)
             psnr = [-10 * torch.log10((r - x).pow(2).mean(dim=(2, 3, 4))) for r in (joint, alone)]
             diffs.append((psnr[0] - psnr[1]).flatten())
+            separate.append(float(psnr[1].mean()))
         gains.append(float(torch.cat(diffs).mean()))
     model.train()
-    return gains
+    return gains, float(np.mean(separate))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", type=Path, required=True, help="an mvic-corpus folder (its train split is used)")
     p.add_argument("--weights", type=Path, required=True, help="checkerboard weights to probe (frozen)")
+    p.add_argument("--unfreeze", nargs="*", default=[], metavar="PREFIX",
+                   help="decoder modules that train with the branch, at --lr-unfrozen (e.g. jct_1 synthesis_1)")
+    p.add_argument("--lr-unfrozen", type=float, default=1e-5)
     p.add_argument("--minutes", type=float, default=45.0)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--eval-every", type=int, default=400)
@@ -116,6 +120,11 @@ def main(argv=None) -> int:
     if len(args.lambdas) != model.spec.num_rates:
         raise SystemExit(f"--lambdas needs {model.spec.num_rates} values")
     model.requires_grad_(False)
+    if set(args.unfreeze) - {"jct_1", "synthesis_1", "jct_2", "synthesis_2"}:
+        raise SystemExit("--unfreeze takes decoder modules: jct_1, synthesis_1, jct_2, synthesis_2")
+    unfrozen = [prm for name, prm in model.named_parameters() if name.split(".")[0] in args.unfreeze]
+    for prm in unfrozen:
+        prm.requires_grad_(True)
     branch = CrossViewBranch(model.spec.m)
     model.jct_1 = BranchThenJCT(branch, model.jct_1)
     rates, lambdas = model.spec.num_rates, torch.tensor(args.lambdas)
@@ -123,18 +132,22 @@ def main(argv=None) -> int:
     probe = GroupBatcher(PhotoWarpGroups(args.corpus, "train", cameras=2, size=320, seed=7), 4, 256, 2, 2, rates,
                          seed=7)
     probe_batches = [probe.next() for _ in range(6)]
-    opt = torch.optim.Adam(branch.parameters(), lr=args.lr)
+    trained = list(branch.parameters()) + unfrozen
+    groups = [{"params": list(branch.parameters())}]
+    if unfrozen:
+        groups.append({"params": unfrozen, "lr": args.lr_unfrozen})
+    opt = torch.optim.Adam(groups, lr=args.lr)
 
     def report(label: str) -> None:
-        gains = joint_gain(model, probe_batches)
+        gains, separate = joint_gain(model, probe_batches)
         print(f"| {label} | {time.monotonic() - t0:.0f} | " + " | ".join(f"{g:+.3f}" for g in gains)
-              + f" | {np.mean(gains):+.3f} |", flush=True)
+              + f" | {np.mean(gains):+.3f} | {separate:.3f} |", flush=True)
 
     t0 = time.monotonic()
-    print(f"# cross-view branch on {args.weights.name}, lr {args.lr:g}: joint - separate PSNR (dB), "
-          "24 groups x 2 views\n")
-    print("| step | s | " + " | ".join(f"rate {q}" for q in range(rates)) + " | mean |")
-    print("|---|---|" + "---|" * (rates + 1))
+    print(f"# cross-view branch on {args.weights.name}, lr {args.lr:g}, unfrozen {args.unfreeze or 'none'} "
+          f"(lr {args.lr_unfrozen:g}): joint - separate PSNR (dB), 24 groups x 2 views\n")
+    print("| step | s | " + " | ".join(f"rate {q}" for q in range(rates)) + " | mean | separate, dB |")
+    print("|---|---|" + "---|" * (rates + 2))
     report("0")
     step = 0
     model.train()
@@ -148,7 +161,7 @@ def main(argv=None) -> int:
         loss = (lambdas[batch.rate] * (x_hat.float() - x).pow(2).mean(dim=(1, 2, 3, 4))).mean()
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(branch.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         step += 1
         if step % args.eval_every == 0:
