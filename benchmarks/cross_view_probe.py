@@ -8,7 +8,8 @@ separate decoding (0.0 %). This probe adds, in front of ``jct_1`` (latent resolu
 softmax cross-attention: every latent position of a view attends to every position of the other views (4 heads of
 32 channels, ``scaled_dot_product_attention``), through a residual block of features, with a zero-initialised
 output projection. It is active only for V > 1, so separate decoding stays exactly the given weights' and joint
-decoding starts equal to it. Everything else is frozen; the branch trains on lambda-weighted MSE of two-view warp
+decoding starts equal to it. Everything else is frozen, unless ``--unfreeze`` names decoder modules to train too
+(then separate decoding moves as well: its PSNR is printed). Training is on lambda-weighted MSE of two-view warp
 groups of the corpus's *train* split (the rates are fixed, since the encoder and entropy model are frozen).
 
 It prints, at the start, every ``--eval-every`` steps and at the end, joint minus separate PSNR (dB) per rate point
