@@ -76,7 +76,8 @@ class BranchThenJCT(nn.Module):
 
 @torch.no_grad()
 def decoder_input(model: LDMIC, x: Tensor, rate: Tensor) -> Tensor:
-    """The exact (eval-mode) dequantised latents of x: (B, V, 3, H, W) -> (B*V, M, H/16, W/16)."""
+    """The exact (eval-mode) dequantised latents of x: (B, V, 3, H, W) -> (B*V, M, H/16, W/16). The branch trains on
+    what the decoder will really see, not on the training forward's noisy latents (the encoder is frozen anyway)."""
     b, v = x.shape[:2]
     r = model._rates(rate, b, v)
     y = model.g_a(x.flatten(0, 1)) * RateGains.pick(model.gains.y_gain, r)
@@ -93,9 +94,8 @@ def joint_gain(model: LDMIC, batches: list[Batch]) -> tuple[list[float], float]:
         for batch in batches:
             x = batch.images
             b, v = x.shape[:2]
-            y_hat = decoder_input(model, x, torch.full((b,), q))
-            joint = model._synthesize(y_hat, b, v).clamp(0, 1)
-            alone = model._synthesize(y_hat, b * v, 1).clamp(0, 1).view_as(joint)
+            joint = model(x, torch.full((b,), q)).x_hat.clamp(0, 1)  # eval mode: what decompress gives
+            alone = model(x.flatten(0, 1).unsqueeze(1), torch.full((b * v,), q)).x_hat.clamp(0, 1).view_as(joint)
             psnr = [-10 * torch.log10((r - x).pow(2).mean(dim=(2, 3, 4))) for r in (joint, alone)]
             diffs.append((psnr[0] - psnr[1]).flatten())
             separate.append(float(psnr[1].mean()))
@@ -133,8 +133,9 @@ def main(argv=None) -> int:
     probe = GroupBatcher(PhotoWarpGroups(args.corpus, "train", cameras=2, size=320, seed=7), 4, 256, 2, 2, rates,
                          seed=7)
     probe_batches = [probe.next() for _ in range(6)]
-    trained = list(branch.parameters()) + unfrozen
-    groups = [{"params": list(branch.parameters())}]
+    own = list(branch.parameters())
+    trained = own + unfrozen
+    groups = [{"params": own}]
     if unfrozen:
         groups.append({"params": unfrozen, "lr": args.lr_unfrozen})
     opt = torch.optim.Adam(groups, lr=args.lr)
