@@ -7,6 +7,8 @@
 #   scripts/campaign.sh export         # the run's weights' average -> exports/, mvic-eval on both held-out sets
 #                                      # (MVIC only; the classical codecs are coded once and reused), a row of the
 #                                      # learning curve (learning-curve.csv / .png); copy both to docs/ to publish
+#   scripts/campaign.sh anneal STEPS   # export, but from a branch that first trains STEPS more at lr 1e-5
+#                                      # (anneal-step<S>/; the campaign pauses meanwhile and resumes after)
 #   scripts/campaign.sh refresh-ar MINUTES [FAST]  # the autoregressive ldmic-lite from fast weights (default: the
 #                                      # shipped ones): MINUTES of configs/refresh-lite-ar.yaml at nice 19 (or
 #                                      # $MVIC_REFRESH_NICE, e.g. 5 to come before the campaign) in
@@ -31,7 +33,11 @@ running() { [ -f "$runs/campaign.pid" ] && kill -0 "$(cat "$runs/campaign.pid")"
 # wall hours trained: log.csv's seconds restart at every process start, so sum each segment's last value
 hours_trained() {
   awk -F, 'NR > 1 { if ($8 + 0 < last) total += last; last = $8 + 0 } END { printf "%.3f", (total + last) / 3600 }' \
-    "$run/log.csv"
+    "${1:-$run}/log.csv"
+}
+# the step of run folder $1's checkpoint
+checkpoint_step() {
+  "$B/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['step'])" "$1/checkpoint.json"
 }
 
 # the shipped ldmic-fast-lite weights file
@@ -53,6 +59,22 @@ evaluate() {
   done
 }
 
+# export run folder $2 as $1, mvic-eval on both sets, a row of the learning curve at campaign step $3 and
+# campaign hours $4 (the lineage before the campaign is added here)
+publish() {
+  # the lineage before this run: ldmic-fast-lite-v3's 12347 steps and 5.06 h (4.93 h to v2, then 0.13 h on one
+  # H200), where the run of 2026-11-30 started (v4 is its step 2268); a run started from v4 itself: 14615 and 7.94
+  local base_steps=${MVIC_CAMPAIGN_BASE_STEPS:-12347} base_hours=${MVIC_CAMPAIGN_BASE_HOURS:-5.06}
+  mkdir -p "$runs/exports" "$runs/eval"
+  "$B/mvic-train" --run "$2" --export "$runs/exports/$1.safetensors" --fp16-kernels
+  rm -rf "$runs/eval/$1-synthetic" "$runs/eval/$1-stereo-photos"  # a re-export at the same step
+  evaluate "$1" "$runs/exports/$1.safetensors"
+  "$B/python" -m mvic.tools.evaluation.curve --csv "$runs/learning-curve.csv" --plot "$runs/learning-curve.png" \
+    --add "$1" --steps $((base_steps + $3)) --hours "$("$B/python" -c "print(round($base_hours + $4, 3))")" \
+    --results "synthetic=$runs/eval/$1-synthetic" "stereo-photos=$runs/eval/$1-stereo-photos" \
+    --baselines-from "synthetic=$runs/eval/baselines-synthetic" "stereo-photos=$runs/eval/baselines-stereo-photos"
+}
+
 case "${1:-status}" in
   status)
     if running; then echo "campaign: running (pid $(cat "$runs/campaign.pid"))"; else echo "campaign: not running"; fi
@@ -67,22 +89,32 @@ case "${1:-status}" in
     exit 0 ;;
   export)
     [ -f "$run/checkpoint.json" ] || { echo "campaign: no checkpoint in $run yet" >&2; exit 1; }
-    # the lineage before this run: ldmic-fast-lite-v3's 12347 steps and 5.06 h (4.93 h to v2, then 0.13 h on one
-    # H200), where the run of 2026-11-30 started (v4 is its step 2268); a run started from v4 itself: 14615 and 7.94
-    base_steps=${MVIC_CAMPAIGN_BASE_STEPS:-12347}
-    base_hours=${MVIC_CAMPAIGN_BASE_HOURS:-5.06}
-    step=$("$B/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['step'])" "$run/checkpoint.json")
-    hours=$(hours_trained)
-    name=campaign-step$step
-    mkdir -p "$runs/exports" "$runs/eval"
-    "$B/mvic-train" --run "$run" --export "$runs/exports/$name.safetensors" --fp16-kernels
-    rm -rf "$runs/eval/$name-synthetic" "$runs/eval/$name-stereo-photos"  # a re-export at the same step
-    evaluate "$name" "$runs/exports/$name.safetensors"
-    "$B/python" -m mvic.tools.evaluation.curve --csv "$runs/learning-curve.csv" --plot "$runs/learning-curve.png" \
-      --add "$name" --steps $((base_steps + step)) \
-      --hours "$("$B/python" -c "print(round($base_hours + $hours, 3))")" \
-      --results "synthetic=$runs/eval/$name-synthetic" "stereo-photos=$runs/eval/$name-stereo-photos" \
-      --baselines-from "synthetic=$runs/eval/baselines-synthetic" "stereo-photos=$runs/eval/baselines-stereo-photos"
+    step=$(checkpoint_step "$run")
+    publish "campaign-step$step" "$run" "$step" "$(hours_trained)"
+    exit 0 ;;
+  anneal)
+    steps=${2:?usage: campaign.sh anneal STEPS}
+    [[ $steps =~ ^[1-9][0-9]*$ ]] || { echo "campaign: anneal STEPS must be a positive whole number" >&2; exit 2; }
+    [ -f "$run/checkpoint.json" ] || { echo "campaign: no checkpoint in $run yet" >&2; exit 1; }
+    # The campaign trains at a constant lr, so that it can go on for ever; the weights it exports come from a
+    # branch that starts from its average and trains STEPS more at $MVIC_ANNEAL_LR (1e-5) with a fresh optimiser
+    # (the warmup-stable-decay schedule). The campaign pauses meanwhile (both want both cores) and resumes after;
+    # the branch folder anneal-step<S>/ resumes too if this is stopped.
+    resume=0
+    if running; then
+      pid=$(cat "$runs/campaign.pid")
+      kill "$pid"
+      while kill -0 "$pid" 2>/dev/null; do sleep 2; done  # it ends its step and checkpoints
+      resume=1
+    fi
+    step=$(checkpoint_step "$run")
+    branch=$runs/anneal-step$step
+    (cd "$runs" && nice -n "${MVIC_ANNEAL_NICE:-19}" "$B/mvic-train" --config "$cfg" --run "$branch" --init-from "$run" \
+      --lr "${MVIC_ANNEAL_LR:-1e-5}" --max-steps "$steps" --quiet)
+    if [ "$resume" = 1 ]; then bash "$repo/scripts/campaign.sh" start; fi
+    done_steps=$(checkpoint_step "$branch")
+    hours=$("$B/python" -c "print(round($(hours_trained) + $(hours_trained "$branch"), 3))")
+    publish "campaign-step$step-anneal$done_steps" "$branch" $((step + done_steps)) "$hours"
     exit 0 ;;
   refresh-ar)
     minutes=${2:?usage: campaign.sh refresh-ar MINUTES [FAST_WEIGHTS]}
@@ -105,7 +137,8 @@ case "${1:-status}" in
     done
     exit 0 ;;
   start) ;;
-  *) echo "usage: campaign.sh start [INIT] | status | stop | export | refresh-ar MINUTES [FAST]" >&2; exit 2 ;;
+  *) echo "usage: campaign.sh start [INIT] | status | stop | export | anneal STEPS | refresh-ar MINUTES [FAST]" >&2
+     exit 2 ;;
 esac
 
 if running; then echo "campaign: already running (pid $(cat "$runs/campaign.pid"))"; exit 0; fi

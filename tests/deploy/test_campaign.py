@@ -1,6 +1,6 @@
 """scripts/campaign.sh: status of a run folder (steps, hours over restarts), stop, export's refusal without a
-checkpoint and refresh-ar's without its minutes. (start sets up data with the network and trains for hours: not run
-here.)"""
+checkpoint, anneal's without its steps or a checkpoint, and refresh-ar's without its minutes. (start sets up data
+with the network and trains for hours: not run here.)"""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ def test_stop_without_a_process_and_export_without_a_checkpoint(tmp_path):
     done = _campaign(tmp_path, "export")
     assert done.returncode == 1 and "no checkpoint" in done.stderr
     assert _campaign(tmp_path, "bogus").returncode == 2
+    for bad in ((), ("0",), ("12x",)):  # the annealing branch needs a positive number of steps, then a checkpoint
+        refused = _campaign(tmp_path, "anneal", *bad)
+        assert refused.returncode != 0 and "anneal STEPS" in refused.stderr
+    no_run = _campaign(tmp_path, "anneal", "500")
+    assert no_run.returncode == 1 and "no checkpoint" in no_run.stderr
     missing = _campaign(tmp_path, "refresh-ar")  # the AR refresh needs its training minutes
     assert missing.returncode != 0 and "usage: campaign.sh refresh-ar MINUTES" in missing.stderr
     no_data = _campaign(tmp_path, "refresh-ar", "5")  # and the campaign's training data

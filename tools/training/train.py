@@ -336,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new run from these weights (file, pieces folder or run folder, or a CompressAI "
                         "source: compressai:mbt2018:4, a zoo .pth.tar); overrides init_from")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
+    p.add_argument("--max-steps", type=int, metavar="N", help="overrides optim.max_steps (train to step N)")
+    p.add_argument("--lr", type=float, help="overrides optim.lr (e.g. 1e-5 for a branch that anneals a run's "
+                                            "weights: scripts/campaign.sh anneal)")
     p.add_argument("--stop-at", type=float, metavar="UNIX_TIME",
                    help="stop (with a checkpoint) at this moment, start-up included (e.g. $(( $(date +%%s) + 480 )))")
     p.add_argument("--export", type=Path, metavar="FILE", help="export the run's checkpoint as weights and exit")
@@ -366,6 +369,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.init_from:
         cfg = replace(cfg, init_from=args.init_from)
+    for value, name in ((args.lr, "--lr"), (args.max_steps, "--max-steps")):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            print(f"mvic-train: {name} must be a positive number, not {value}", file=sys.stderr)
+            return 2
+    if args.lr is not None:
+        cfg = replace(cfg, optim=replace(cfg.optim, lr=args.lr))
+    if args.max_steps is not None:
+        cfg = replace(cfg, optim=replace(cfg.optim, max_steps=args.max_steps))
     try:
         parse_source(cfg.init_from)  # a malformed CompressAI source fails here, before any data is read
     except ConfigError as exc:

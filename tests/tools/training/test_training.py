@@ -102,6 +102,23 @@ def test_weights_travel_in_pieces_and_start_a_new_run(tmp_path):
     assert main(["--run", str(tmp_path / "ar"), "--config", str(cfg2), "--quiet"]) == 0
 
 
+def test_a_branch_starts_from_a_run_at_the_lr_and_steps_given_on_the_command_line(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.replace("max_steps: 40", "max_steps: 3"))
+    run = tmp_path / "run"
+    assert main(["--run", str(run), "--config", str(cfg), "--quiet"]) == 0
+    branch = tmp_path / "branch"
+    for bad in (["--lr", "0"], ["--lr", "nan"], ["--max-steps", "0"]):  # refused before anything is made
+        assert main(["--run", str(branch), "--config", str(cfg), "--init-from", str(run), *bad]) == 2
+        assert not branch.exists()
+    args = ["--run", str(branch), "--config", str(cfg), "--init-from", str(run), "--lr", "1e-5", "--quiet"]
+    assert main([*args, "--max-steps", "2"]) == 0
+    assert [(r["step"], float(r["lr"])) for r in _rows(branch)] == [("1", 1e-5), ("2", 1e-5)]
+    assert main([*args, "--max-steps", "4"]) == 0  # resumed to the new end, still at the branch's lr
+    assert [(r["step"], float(r["lr"])) for r in _rows(branch)][-2:] == [("3", 1e-5), ("4", 1e-5)]
+    assert [r["lr"] for r in _rows(run)] == ["0.001"] * 3  # the run it started from is untouched
+
+
 def test_sources_mix_by_weight_and_glob_many_scene_folders(tmp_path):
     from mvic.shared.scene import SceneConfig, write_scene
     from mvic.tools.training.config import DataConfig, RunConfig
