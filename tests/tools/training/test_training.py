@@ -29,6 +29,15 @@ def _rows(run):
         return list(csv.DictReader(f))
 
 
+def _short_run(tmp_path, steps):
+    """(config file, run folder) of a finished run of ``steps`` steps of CONFIG."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.replace("max_steps: 40", f"max_steps: {steps}"))
+    run = tmp_path / "run"
+    assert main(["--run", str(run), "--config", str(cfg), "--quiet"]) == 0
+    return cfg, run
+
+
 def test_unknown_keys_are_rejected_with_their_path(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: {batch_sise: 3}\n")
@@ -81,10 +90,7 @@ def test_short_run_learns_resumes_and_exports(tmp_path):
 
 
 def test_weights_travel_in_pieces_and_start_a_new_run(tmp_path):
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(CONFIG.replace("max_steps: 40", "max_steps: 2"))
-    run = tmp_path / "run"
-    assert main(["--run", str(run), "--config", str(cfg), "--quiet"]) == 0
+    _, run = _short_run(tmp_path, 2)
     pieces = tmp_path / "pieces"
     assert main(["--run", str(run), "--export-pieces", str(pieces), "--piece-mib", "0.25"]) == 0
     files = sorted(pieces.glob("piece-*.safetensors"))
@@ -103,10 +109,7 @@ def test_weights_travel_in_pieces_and_start_a_new_run(tmp_path):
 
 
 def test_a_branch_starts_from_a_run_at_the_lr_and_steps_given_on_the_command_line(tmp_path):
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(CONFIG.replace("max_steps: 40", "max_steps: 3"))
-    run = tmp_path / "run"
-    assert main(["--run", str(run), "--config", str(cfg), "--quiet"]) == 0
+    cfg, run = _short_run(tmp_path, 3)
     branch = tmp_path / "branch"
     for bad in (["--lr", "0"], ["--lr", "nan"], ["--max-steps", "0"]):  # refused before anything is made
         assert main(["--run", str(branch), "--config", str(cfg), "--init-from", str(run), *bad]) == 2
