@@ -100,20 +100,20 @@ case "${1:-status}" in
     # branch that starts from its average and trains STEPS more at $MVIC_ANNEAL_LR (1e-5) with a fresh optimiser
     # (the warmup-stable-decay schedule). The campaign pauses meanwhile (both want both cores) and resumes after;
     # the branch folder anneal-step<S>/ resumes too if this is stopped.
-    resume=0
     if running; then
       pid=$(cat "$runs/campaign.pid")
       kill "$pid"
       while kill -0 "$pid" 2>/dev/null; do sleep 2; done  # it ends its step and checkpoints
-      resume=1
+      # the campaign resumes however the branch ends (done, failed or interrupted)
+      trap 'trap - EXIT; bash "$repo/scripts/campaign.sh" start' EXIT
     fi
     step=$(checkpoint_step "$run")
     branch=$runs/anneal-step$step
     (cd "$runs" && nice -n "${MVIC_ANNEAL_NICE:-19}" "$B/mvic-train" --config "$cfg" --run "$branch" --init-from "$run" \
       --lr "${MVIC_ANNEAL_LR:-1e-5}" --max-steps "$steps" --quiet)
-    if [ "$resume" = 1 ]; then bash "$repo/scripts/campaign.sh" start; fi
     done_steps=$(checkpoint_step "$branch")
-    hours=$("$B/python" -c "print(round($(hours_trained) + $(hours_trained "$branch"), 3))")
+    hours=$("$B/python" -c "print(round($(hours_trained) + $(hours_trained "$branch"), 3))")  # before it resumes
+    if [ -n "$(trap -p EXIT)" ]; then trap - EXIT; bash "$repo/scripts/campaign.sh" start; fi
     publish "campaign-step$step-anneal$done_steps" "$branch" $((step + done_steps)) "$hours"
     exit 0 ;;
   refresh-ar)
