@@ -1,7 +1,7 @@
 """Probe: would a spatially aligned cross-view attention give joint decoding a gain? (issue 10, "joint >= 2 %")
 
     .venv/bin/python benchmarks/cross_view_probe.py --corpus /var/tmp/mvic-runs/data/corpus \\
-        --weights shared/codec/weights/ldmic-fast-lite-v4.safetensors --minutes 45
+        --weights shared/codec/weights/ldmic-fast-lite-v5.safetensors --minutes 45
 
 The shipped JCT's efficient attention pools the other view into a few global vectors, so joint decoding equals
 separate decoding (0.0 %). This probe adds, in front of ``jct_1`` (latent resolution, M channels), a branch of full

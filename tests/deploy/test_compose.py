@@ -480,7 +480,7 @@ def test_torch_pins_match_the_setup_script(name):
 def test_image_installs_the_shipped_weights(name):
     """`pip install .` of a tree holding shared/codec/weights/*.safetensors puts them in the image as package data;
     the build checks that every file records.json lists is installed with its sha256."""
-    shipped = "shared/codec/weights/ldmic-fast-lite-v4.safetensors"
+    shipped = "shared/codec/weights/ldmic-fast-lite-v5.safetensors"
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert {"weights/*.safetensors", "weights/*.json"} <= set(package_data["mvic.shared.codec"])
     instructions = dockerfile(DEPLOY / f"{name}.Dockerfile")
