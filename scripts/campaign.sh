@@ -9,6 +9,9 @@
 #                                      # learning curve (learning-curve.csv / .png); copy both to docs/ to publish
 #   scripts/campaign.sh anneal STEPS   # export, but from a branch that first trains STEPS more at lr 1e-5
 #                                      # (anneal-step<S>/; the campaign pauses meanwhile and resumes after)
+#   scripts/campaign.sh rebase INIT STEPS HOURS  # stop, keep the run folder as fast-lite-until-step<S>/, and
+#                                      # start a new run from INIT (e.g. a GPU window's pieces), whose own lineage
+#                                      # is STEPS steps and HOURS hours of training (the curve's x for its exports)
 #   scripts/campaign.sh refresh-ar MINUTES [FAST]  # the autoregressive ldmic-lite from fast weights (default: the
 #                                      # shipped ones): MINUTES of configs/refresh-lite-ar.yaml at nice 19 (or
 #                                      # $MVIC_REFRESH_NICE, e.g. 5 to come before the campaign) in
@@ -16,6 +19,7 @@
 # Everything lives outside the work tree, under $MVIC_RUNS (default /var/tmp/mvic-runs):
 #   data/corpus, data/scenes/s*   the training data, built once with the project's own tools
 #   fast-lite/                    the run folder (checkpoint with the weights' average, log.csv)
+#   fast-lite.lineage             "STEPS HOURS" of training before the run started (written by rebase)
 #   campaign.log, campaign.pid    the process's output and id
 #   exports/, eval/               exported weights and their mvic-eval results
 # A new run (no run folder) starts from INIT if given (weights file, pieces folder or run folder), else from the
@@ -40,6 +44,12 @@ checkpoint_step() {
   "$B/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['step'])" "$1/checkpoint.json"
 }
 
+# "STEPS HOURS" of training before the run: fast-lite.lineage (rebase writes it), else ldmic-fast-lite-v3's 12347
+# steps and 5.06 h (4.93 h to v2, then 0.13 h on one H200), where the run of 2026-11-30 started (v4 is its step 2268)
+lineage() {
+  if [ -f "$run.lineage" ]; then cat "$run.lineage"; else echo "12347 5.06"; fi
+}
+
 # the shipped ldmic-fast-lite weights file
 shipped_fast() {
   "$B/python" -c "from mvic.shared.codec.registry import default_weights as d; print(d('ldmic-fast-lite').path)"
@@ -62,9 +72,8 @@ evaluate() {
 # export run folder $2 as $1, mvic-eval on both sets, a row of the learning curve at campaign step $3 and
 # campaign hours $4 (the lineage before the campaign is added here)
 publish() {
-  # the lineage before this run: ldmic-fast-lite-v3's 12347 steps and 5.06 h (4.93 h to v2, then 0.13 h on one
-  # H200), where the run of 2026-11-30 started (v4 is its step 2268); a run started from v4 itself: 14615 and 7.94
-  local base_steps=${MVIC_CAMPAIGN_BASE_STEPS:-12347} base_hours=${MVIC_CAMPAIGN_BASE_HOURS:-5.06}
+  local base_steps base_hours
+  read -r base_steps base_hours < <(lineage)
   mkdir -p "$runs/exports" "$runs/eval"
   "$B/mvic-train" --run "$2" --export "$runs/exports/$1.safetensors" --fp16-kernels
   rm -rf "$runs/eval/$1-synthetic" "$runs/eval/$1-stereo-photos"  # a re-export at the same step
@@ -82,8 +91,30 @@ case "${1:-status}" in
       tail -n 3 "$run/log.csv"
       awk -F, 'NR > 1 { steps = $1 } END { print "steps logged: " steps }' "$run/log.csv"
       printf "hours trained: %.2f\n" "$(hours_trained)"
+      read -r base_steps base_hours < <(lineage)
+      echo "lineage before this run: $base_steps steps, $base_hours h"
     fi
     exit 0 ;;
+  rebase)
+    usage="usage: campaign.sh rebase INIT STEPS HOURS (weights to start from, and their lineage's steps and hours)"
+    [ $# -eq 4 ] || { echo "campaign: $usage" >&2; exit 2; }
+    [[ $3 =~ ^[0-9]+$ && $4 =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "campaign: $usage" >&2; exit 2; }
+    [ -e "$2" ] || { echo "campaign: rebase: $2 does not exist (a weights file, pieces folder or run folder)" >&2; exit 1; }
+    init=$(realpath "$2")
+    if running; then
+      pid=$(cat "$runs/campaign.pid")
+      kill "$pid"
+      while kill -0 "$pid" 2>/dev/null; do sleep 2; done  # it ends its step and checkpoints
+    fi
+    if [ -f "$run/checkpoint.json" ]; then
+      old=$run-until-step$(checkpoint_step "$run")
+      [ ! -e "$old" ] || { echo "campaign: rebase: $old exists already; move it away first" >&2; exit 1; }
+      mv "$run" "$old"
+      [ ! -f "$run.lineage" ] || mv "$run.lineage" "$old.lineage"
+      echo "campaign: the old run is now $old"
+    fi
+    echo "$3 $4" > "$run.lineage"
+    exec bash "$repo/scripts/campaign.sh" start "$init" ;;
   stop)
     if running; then kill "$(cat "$runs/campaign.pid")"; echo "campaign: stopped"; else echo "campaign: not running"; fi
     exit 0 ;;
@@ -137,7 +168,8 @@ case "${1:-status}" in
     done
     exit 0 ;;
   start) ;;
-  *) echo "usage: campaign.sh start [INIT] | status | stop | export | anneal STEPS | refresh-ar MINUTES [FAST]" >&2
+  *) echo "usage: campaign.sh start [INIT] | status | stop | export | anneal STEPS | rebase INIT STEPS HOURS" \
+          "| refresh-ar MINUTES [FAST]" >&2
      exit 2 ;;
 esac
 
