@@ -51,6 +51,10 @@ class OptimConfig:
     train_only: tuple[str, ...] = ()
     # autoregressive models: the context's second training pass on the latent rounded around the first pass's means
     ar_two_pass: bool = False
+    # rate indexes that train (empty: all, one drawn per group), e.g. [4]: the top lambda alone (a first stage)
+    rates: tuple[int, ...] = ()
+    # parameter-name prefixes that do not train (e.g. [jct_1., jct_2.]: the JCTs kept as jct_identity made them)
+    frozen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ class RunConfig:
     # start a new run from these weights: .safetensors, a folder of pieces from --export-pieces, or a CompressAI
     # single-image model (compressai:mbt2018:<quality>[:ms-ssim][=<file.pth.tar>], or a zoo-named .pth.tar file)
     init_from: str = ""
+    # a new run starts with both JCTs as the identity (out = x, their refine branch's last convolutions zeroed), so
+    # joint decoding starts exactly at separate decoding; training moves them unless optim.frozen names them
+    jct_identity: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     extra_data: tuple[DataConfig, ...] = ()  # further sources mixed in by weight (one source per batch)
     optim: OptimConfig = field(default_factory=OptimConfig)

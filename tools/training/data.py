@@ -124,14 +124,18 @@ class Batch:
 
 class GroupBatcher:
     def __init__(self, source: GroupSource, batch_size: int, crop: int, k_min: int, k_max: int, num_rates: int,
-                 seed: int = 0):
+                 seed: int = 0, rates: Sequence[int] = ()):
+        """Each group's rate index is drawn from ``rates`` (empty: all of 0 .. num_rates - 1)."""
         if crop % 64:
             raise ValueError(f"crop {crop} must be a multiple of 64")
+        if any(not 0 <= r < num_rates for r in rates) or len(set(rates)) != len(rates):
+            raise ValueError(f"optim.rates: {list(rates)} must be distinct rate indexes within 0..{num_rates - 1}")
         k_max = min(k_max, len(source.cameras))
         if not 1 <= k_min <= k_max:
             raise ValueError(f"need 1 <= k_min <= k_max <= {len(source.cameras)} cameras, got {k_min}..{k_max}")
         self.source, self.batch_size, self.crop = source, batch_size, crop
         self.k_min, self.k_max, self.num_rates = k_min, k_max, num_rates
+        self.rates = np.asarray(rates or range(num_rates), dtype=np.int64)
         self.rng = np.random.default_rng(seed)
 
     def next(self) -> Batch:
@@ -142,7 +146,7 @@ class GroupBatcher:
             cams = self.rng.permutation(views.shape[0])[:k]
             groups.append(self._augment(views[cams]))
         images = torch.from_numpy(np.stack(groups)).permute(0, 1, 4, 2, 3).float().div_(255)  # (B, K, 3, h, w)
-        rate = torch.from_numpy(self.rng.integers(0, self.num_rates, self.batch_size))
+        rate = torch.from_numpy(self.rates[self.rng.integers(0, len(self.rates), self.batch_size)])
         return Batch(images, rate)
 
     def _augment(self, views: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
     mvic-train --config cfg.yaml --run runs/lite [--max-minutes 30] [--device cuda]   # trains or resumes
     mvic-train --run runs/lite --export weights.safetensors                          # shipped-weights file
     mvic-train --config configs/ldmic-from-compressai.yaml --run runs/paper --device cuda   # from CompressAI's mbt2018
+    mvic-train --run runs/staged --stages s1.yaml s2.yaml s3.yaml    # stages in order, resumed where stopped (stages.py)
 
 Loss (paper Sec. 3.3, with all rate points at once): for each group b with rate index q_b,
 lambda_{q_b} * D_b + R_b, where D_b is the MSE over its views (or 1 - MS-SSIM, lambda / 32), R_b the bits of all its
@@ -38,12 +39,13 @@ from mvic.tools.training.checkpoint import (
     save_checkpoint,
     save_pieces,
 )
-from mvic.tools.training.compressai_init import init_from_compressai, parse_source
+from mvic.tools.training.compressai_init import init_from_compressai, parse_source, zero_refine
 from mvic.tools.training.config import RunConfig, load_config
 from mvic.tools.training.data import BatchStream, GroupBatcher, MixedBatcher
 from mvic.tools.training.ema import WeightsEMA
 from mvic.tools.training.reladder import follow_ladder, starting_ladder
 from mvic.tools.training.sources import make_source
+from mvic.tools.training.stages import checkpoint_step, plan_stages, run_stages
 from mvic.tools.training.stopping import StopSignals
 
 
@@ -82,20 +84,23 @@ def cpu_bf16_native() -> bool:
 ENTROPY_MODEL_PREFIXES = ("h_a.", "h_s.", "entropy_bottleneck.", "context.")
 
 
-def train_only(model: LDMIC, prefixes: tuple[str, ...]) -> bool:
-    """``optim.train_only``: freeze every parameter whose name starts with none of ``prefixes`` (nothing is frozen
-    when empty; the entropy bottleneck's quantiles always follow their aux loss). True when only the entropy model
-    trains: the run may then skip the synthesis (``rd_loss`` of a rate-only forward)."""
-    if not prefixes:
+def train_only(model: LDMIC, prefixes: tuple[str, ...], frozen: tuple[str, ...] = ()) -> bool:
+    """``optim.train_only`` and ``optim.frozen``: freeze every parameter whose name starts with none of ``prefixes``
+    (none when empty) or with one of ``frozen``; the entropy bottleneck's quantiles always follow their aux loss.
+    True when only the entropy model trains: the run may then skip the synthesis (``rd_loss`` of a rate-only
+    forward)."""
+    if not prefixes and not frozen:
         return False
     names = [n for n, _ in model.named_parameters()]
-    unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
-    if unknown:
-        tops = sorted({n.split(".")[0] for n in names})
-        raise ValueError(f"optim.train_only: {unknown} name no parameter of {model.spec.name} (its modules: "
-                         f"{', '.join(tops)})")
+    for key, given in (("train_only", prefixes), ("frozen", frozen)):
+        unknown = [p for p in given if not any(n.startswith(p) for n in names)]
+        if unknown:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"optim.{key}: {unknown} name no parameter of {model.spec.name} (its modules: "
+                             f"{', '.join(tops)})")
     for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(tuple(prefixes)) or name.endswith("quantiles"))
+        trains = (not prefixes or name.startswith(tuple(prefixes))) and not name.startswith(tuple(frozen))
+        param.requires_grad_(trains or name.endswith("quantiles"))
     return all(n.startswith(ENTROPY_MODEL_PREFIXES) for n, p in model.named_parameters() if p.requires_grad)
 
 
@@ -131,7 +136,7 @@ def make_batches(cfg: RunConfig, num_rates: int, seed: int):
     """An endless iterator of Batch: the configured sources mixed by weight, prepared by cfg.optim.workers."""
     sources = (cfg.data, *cfg.extra_data)
     batchers = [GroupBatcher(make_source(d, cfg.seed), cfg.optim.batch_size, cfg.optim.crop, d.k_min, d.k_max,
-                             num_rates, seed=seed + i) for i, d in enumerate(sources)]
+                             num_rates, seed=seed + i, rates=cfg.optim.rates) for i, d in enumerate(sources)]
     mixed = MixedBatcher(batchers, [d.weight for d in sources], seed=seed)
     workers = cfg.optim.workers
     if workers == 0:
@@ -196,17 +201,20 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     rate_lambdas = training_lambdas(cfg, spec.num_rates, spec.lambdas)
     if cfg.init_from and not resuming:
         start_from(model, cfg.init_from, rate_lambdas, progress)
+    if cfg.jct_identity and not resuming:
+        for jct in (model.jct_1, model.jct_2):
+            zero_refine(jct)
     model = model.to(device).train()
     if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    rate_only = train_only(model, cfg.optim.train_only)
+    rate_only = train_only(model, cfg.optim.train_only, cfg.optim.frozen)
     if cfg.optim.ar_two_pass:
         if spec.context is not ContextModel.AUTOREGRESSIVE:
             raise ValueError(f"optim.ar_two_pass is for autoregressive models; {spec.name} is {spec.context.value}")
         model.context.two_pass = True
     if rate_only:
-        print(f"optim.train_only {list(cfg.optim.train_only)}: the entropy model alone trains, on the bits (no "
-              "synthesis)", file=sys.stderr)
+        print(f"optim.train_only {list(cfg.optim.train_only)}, frozen {list(cfg.optim.frozen)}: the entropy model "
+              "alone trains, on the bits (no synthesis)", file=sys.stderr)
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     groups = param_groups(model, cfg.optim.gain_lr_scale)
     main_params = [p for g in groups for p in g["params"]]
@@ -331,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="run folder: checkpoint, log.csv (resumed if present)")
     p.add_argument("--config", type=Path, help="YAML config (defaults: RunConfig in config.py)")
+    p.add_argument("--stages", type=Path, nargs="+", metavar="CONFIG",
+                   help="instead of --config: train these configs in order, each from the one before, in "
+                        "RUN/<i>-<config stem>/; run again, it resumes in the stage it stopped in")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--init-from", metavar="WEIGHTS",
                    help="start a new run from these weights (file, pieces folder or run folder, or a CompressAI "
@@ -362,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in export_pieces(args.run, args.export_pieces, args.piece_mib):
             print(f"{path}: {path.stat().st_size} bytes")
         return 0
+    if args.stages:
+        return _main_stages(args)
     try:
         cfg = load_config(args.config)
     except (ValueError, OSError) as exc:
@@ -391,6 +404,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvic-train: {exc}", file=sys.stderr)
         return 2
     print(f"stopped at step {step}; checkpoint in {args.run}")
+    return 0
+
+
+def _main_stages(args: argparse.Namespace) -> int:
+    """mvic-train --stages: the configs checked whole before any training, then trained in order."""
+    refused = [name for name, given in (("--config", args.config), ("--lr", args.lr), ("--max-steps", args.max_steps))
+               if given is not None]
+    if refused:
+        print(f"mvic-train: {', '.join(refused)} cannot go with --stages (each stage's config says its own)",
+              file=sys.stderr)
+        return 2
+    try:
+        stages = plan_stages(args.stages, args.run)
+        parse_source(args.init_from or stages[0].config.init_from)  # a malformed CompressAI source fails here
+    except (ValueError, OSError, ConfigError) as exc:
+        print(f"mvic-train: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.validate_config:
+        print(f"config ok: {len(stages)} stages")
+        return 0
+    try:
+        short = run_stages(stages, train, args.device, args.max_minutes, progress=not args.quiet,
+                           stop_at=args.stop_at, init_from=args.init_from)
+    except WeightsError as exc:
+        print(f"mvic-train: {exc}", file=sys.stderr)
+        return 2
+    if short is None:
+        print(f"all {len(stages)} stages done; the last one's checkpoint is in {stages[-1].run}")
+    else:
+        print(f"stopped in stage {short.index} of {len(stages)} at step {checkpoint_step(short.run)} of "
+              f"{short.config.optim.max_steps}; the same command resumes it ({short.run})")
     return 0
 
 
