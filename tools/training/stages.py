@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from mvic.tools.training.config import RunConfig, load_config
 
@@ -46,7 +47,7 @@ def checkpoint_step(run: Path) -> int:
     return int(json.loads(path.read_text())["step"]) if path.is_file() else 0
 
 
-def run_stages(stages: list[Stage], train, device: str = "cpu", max_minutes: float | None = None,
+def run_stages(stages: list[Stage], train: Callable[..., int], device: str = "cpu", max_minutes: float | None = None,
                progress: bool = True, stop_at: float | None = None, init_from: str | None = None) -> Stage | None:
     """Train the stages in order with ``train`` (train.train); returns the stage that stopped short of its steps
     (time up or a signal), None when all are done."""
