@@ -12,10 +12,12 @@
 #   scripts/campaign.sh rebase INIT STEPS HOURS  # stop, keep the run folder as fast-lite-until-step<S>/, and
 #                                      # start a new run from INIT (e.g. a GPU window's pieces), whose own lineage
 #                                      # is STEPS steps and HOURS hours of training (the curve's x for its exports)
-#   scripts/campaign.sh refresh-ar MINUTES [FAST]  # the autoregressive ldmic-lite from fast weights (default: the
-#                                      # shipped ones): MINUTES of configs/refresh-lite-ar.yaml at nice 19 (or
+#   scripts/campaign.sh refresh-ar MINUTES [FAST [AR]]  # the autoregressive ldmic-lite from fast weights (default:
+#                                      # the shipped ones): MINUTES of configs/refresh-lite-ar.yaml at nice 19 (or
 #                                      # $MVIC_REFRESH_NICE, e.g. 5 to come before the campaign) in
-#                                      # lite-ar-from-<FAST>/ (resumed), export, mvic-eval, BD against FAST
+#                                      # lite-ar-from-<FAST>/ (resumed), export, mvic-eval, BD against FAST; with AR
+#                                      # (older AR weights), the new run starts from FAST with AR's entropy model
+#                                      # (python -m mvic.tools.training.graft)
 # Everything lives outside the work tree, under $MVIC_RUNS (default /var/tmp/mvic-runs):
 #   data/corpus, data/scenes/s*   the training data, built once with the project's own tools
 #   fast-lite/                    the run folder (checkpoint with the weights' average, log.csv)
@@ -148,7 +150,7 @@ case "${1:-status}" in
     publish "campaign-step$step-anneal$done_steps" "$branch" $((step + done_steps)) "$hours"
     exit 0 ;;
   refresh-ar)
-    minutes=${2:?usage: campaign.sh refresh-ar MINUTES [FAST_WEIGHTS]}
+    minutes=${2:?usage: campaign.sh refresh-ar MINUTES [FAST_WEIGHTS [AR_WEIGHTS]]}
     [ -f "$runs/data/corpus/manifest.json" ] || {
       echo "campaign: no training data under $runs/data; scripts/campaign.sh start builds it (then stop it if need be)" >&2
       exit 1; }
@@ -157,8 +159,13 @@ case "${1:-status}" in
     stem=$(basename "$fast" .safetensors)
     name=lite-ar-from-$stem
     mkdir -p "$runs/exports" "$runs/eval"
+    start=$fast
+    if [ -n "${4:-}" ] && [ ! -f "$runs/$name/checkpoint.json" ]; then  # a new run: FAST with AR's entropy model
+      start=$runs/exports/$stem-with-$(basename "$4" .safetensors)-entropy.safetensors
+      "$B/python" -m mvic.tools.training.graft --base "$fast" --take "$4" -o "$start"
+    fi
     (cd "$runs" && nice -n "${MVIC_REFRESH_NICE:-19}" "$B/mvic-train" --config "$repo/configs/refresh-lite-ar.yaml" \
-      --run "$runs/$name" --init-from "$fast" --max-minutes "$minutes" --quiet)
+      --run "$runs/$name" --init-from "$start" --max-minutes "$minutes" --quiet)
     "$B/mvic-train" --run "$runs/$name" --export "$runs/exports/$name.safetensors" --fp16-kernels
     rm -rf "$runs/eval/$name-synthetic" "$runs/eval/$name-stereo-photos"
     evaluate "$stem" "$fast"
@@ -169,7 +176,7 @@ case "${1:-status}" in
     exit 0 ;;
   start) ;;
   *) echo "usage: campaign.sh start [INIT] | status | stop | export | anneal STEPS | rebase INIT STEPS HOURS" \
-          "| refresh-ar MINUTES [FAST]" >&2
+          "| refresh-ar MINUTES [FAST [AR]]" >&2
      exit 2 ;;
 esac
 

@@ -1,0 +1,71 @@
+"""Weights grafted from two files of one lineage: one file's tensors, with those under some prefixes from another.
+
+    python -m mvic.tools.training.graft --base FAST.safetensors --take AR.safetensors -o START.safetensors
+        [--prefixes h_a. h_s. entropy_bottleneck. context. gaussian_conditional.]
+
+Made to start a refresh of the autoregressive model from new fast weights with the previous AR weights' entropy
+model, which has learnt the causal context already (``scripts/campaign.sh refresh-ar MINUTES FAST AR``): the
+refresh then begins near where the last one ended instead of at the fast model's checkerboard context. The output
+names ``--take``'s model (the architecture whose context it holds) and is a start for ``init_from``, not weights
+to ship (no record). Both files must hold the same tensors; a tensor kept from ``--base`` must have ``--take``'s
+shape; every prefix must name something.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+#: The entropy model of an LDMIC: what the autoregressive and the checkerboard models do not share in meaning.
+ENTROPY_MODEL = ("h_a.", "h_s.", "entropy_bottleneck.", "context.", "gaussian_conditional.")
+
+
+def graft(base: Path, take: Path, out: Path, prefixes: tuple[str, ...] = ENTROPY_MODEL) -> int:
+    """Write ``out``: ``base``'s tensors, those under ``prefixes`` from ``take``; returns how many came from take."""
+    with safe_open(str(base), "pt") as b, safe_open(str(take), "pt") as t:
+        if set(b.keys()) != set(t.keys()):
+            odd = sorted(set(b.keys()) ^ set(t.keys()))
+            raise ValueError(f"{base.name} and {take.name} hold different tensors (e.g. {odd[0]}): not one lineage")
+        unknown = [p for p in prefixes if not any(k.startswith(p) for k in t.keys())]
+        if unknown:
+            raise ValueError(f"--prefixes {unknown} name no tensor of {take.name}")
+        state, taken = {}, 0
+        for key in t.keys():
+            if key.startswith(prefixes):
+                state[key] = t.get_tensor(key)
+                taken += 1
+                continue
+            tensor = b.get_tensor(key)
+            if tuple(tensor.shape) != tuple(t.get_slice(key).get_shape()):
+                raise ValueError(f"{key}: {base.name} has shape {tuple(tensor.shape)}, {take.name} "
+                                 f"{tuple(t.get_slice(key).get_shape())}; take it too (--prefixes) or use other files")
+            state[key] = tensor
+        metadata = t.metadata()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out), metadata=metadata)
+    return taken
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mvic.tools.training.graft", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", type=Path, required=True, help="weights whose tensors are kept (e.g. new fast weights)")
+    p.add_argument("--take", type=Path, required=True, help="weights whose tensors under --prefixes replace them")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the grafted weights (.safetensors)")
+    p.add_argument("--prefixes", nargs="+", default=list(ENTROPY_MODEL), help="tensor-name prefixes taken")
+    args = p.parse_args(argv)
+    try:
+        taken = graft(args.base, args.take, args.out, tuple(args.prefixes))
+    except (ValueError, OSError, SafetensorError) as exc:  # mismatched files; missing or not safetensors
+        print(f"graft: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {taken} tensors from {args.take.name}, the rest from {args.base.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
