@@ -36,6 +36,13 @@ B=$repo/.venv/bin
 mkdir -p "$runs"
 
 running() { [ -f "$runs/campaign.pid" ] && kill -0 "$(cat "$runs/campaign.pid")" 2>/dev/null; }
+# stop the running campaign and wait until it has ended its step and written its checkpoint
+stop_and_wait() {
+  local pid
+  pid=$(cat "$runs/campaign.pid")
+  kill "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 2; done
+}
 # wall hours trained: log.csv's seconds restart at every process start, so sum each segment's last value
 hours_trained() {
   awk -F, 'NR > 1 { if ($8 + 0 < last) total += last; last = $8 + 0 } END { printf "%.3f", (total + last) / 3600 }' \
@@ -103,11 +110,7 @@ case "${1:-status}" in
     [[ $3 =~ ^[0-9]+$ && $4 =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "campaign: $usage" >&2; exit 2; }
     [ -e "$2" ] || { echo "campaign: rebase: $2 does not exist (a weights file, pieces folder or run folder)" >&2; exit 1; }
     init=$(realpath "$2")
-    if running; then
-      pid=$(cat "$runs/campaign.pid")
-      kill "$pid"
-      while kill -0 "$pid" 2>/dev/null; do sleep 2; done  # it ends its step and checkpoints
-    fi
+    if running; then stop_and_wait; fi
     if [ -f "$run/checkpoint.json" ]; then
       old=$run-until-step$(checkpoint_step "$run")
       [ ! -e "$old" ] || { echo "campaign: rebase: $old exists already; move it away first" >&2; exit 1; }
@@ -134,9 +137,7 @@ case "${1:-status}" in
     # (the warmup-stable-decay schedule). The campaign pauses meanwhile (both want both cores) and resumes after;
     # the branch folder anneal-step<S>/ resumes too if this is stopped.
     if running; then
-      pid=$(cat "$runs/campaign.pid")
-      kill "$pid"
-      while kill -0 "$pid" 2>/dev/null; do sleep 2; done  # it ends its step and checkpoints
+      stop_and_wait
       # the campaign resumes however the branch ends (done, failed or interrupted)
       trap 'trap - EXIT; bash "$repo/scripts/campaign.sh" start' EXIT
     fi

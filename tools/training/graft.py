@@ -20,8 +20,11 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-#: The entropy model of an LDMIC: what the autoregressive and the checkerboard models do not share in meaning.
-ENTROPY_MODEL = ("h_a.", "h_s.", "entropy_bottleneck.", "context.", "gaussian_conditional.")
+from mvic.tools.training.train import ENTROPY_MODEL_PREFIXES
+
+#: The entropy model of an LDMIC, what the autoregressive and the checkerboard models do not share in meaning: the
+#: parameters optim.train_only trains in a refresh, and the Gaussian conditional's tables (buffers only)
+ENTROPY_MODEL = (*ENTROPY_MODEL_PREFIXES, "gaussian_conditional.")
 
 
 def graft(base: Path, take: Path, out: Path, prefixes: tuple[str, ...] = ENTROPY_MODEL) -> int:
