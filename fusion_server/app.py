@@ -38,6 +38,7 @@ from mvic.fusion_server.webpage import LivePage, read_token, tls_context
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.addresses import is_loopback, split_host_port
 from mvic.shared.codec.registry import load_model, weights_source
+from mvic.shared.codec.view_fusion import FusionOptions
 from mvic.shared.metrics_endpoint import start_metrics
 from mvic.shared.rpc import SERVICE_NAME, server_options
 from mvic.shared.rpc.hello import mvic_version
@@ -129,8 +130,9 @@ class FusionApp:
         model = await asyncio.to_thread(self._model_loader, device)
         # Entropy decoding runs on CPU workers: with a GPU for synthesis they get a CPU copy of the same weights.
         entropy_model = model if device == "cpu" else await asyncio.to_thread(self._model_loader, "cpu")
+        fusion = FusionOptions(enabled=c.decode.fusion, max_side=c.decode.fusion_max_side)
         decoder = GroupDecoder(model, entropy_model, precision=c.decode.precision,
-                               entropy_threads=c.decode.entropy_threads)
+                               entropy_threads=c.decode.entropy_threads, fusion=fusion)
         self.core.attach_decoder(decoder, on_device_fault=self._device_fault)
         self.metrics.model_loaded.set(1)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)

@@ -61,6 +61,9 @@ stage (receive -> group -> joint decode -> sink) its section. Errors start with 
                                    # more helps a GPU server whose CPU has cores to spare, not a 2-core CPU server
       precision: auto              # synthesis arithmetic: auto (bf16 on a CPU with native bf16, 3-4x faster for
                                    # under 0.1 dB; fp32 elsewhere), fp32, bf16; entropy decoding is exact anyway
+      fusion: true                 # the views of a set lend each other detail where optical flow aligns them
+                                   # (mvic.shared.codec.view_fusion; CPU, in the synthesis stage); false = JCT only
+      fusion_max_side: 1024        # flows for the fusion are estimated at most at this long side (cost ~ its square)
     sinks:
       png: true                    # out/<camera>/<name>.png, written atomically; acks wait for it
       png_name: sequence           # sequence (zero-padded) or capture_ns
@@ -153,6 +156,8 @@ class DecodeConfig:
     torch_threads: int = 0
     entropy_threads: int = 1
     precision: str = "auto"
+    fusion: bool = True
+    fusion_max_side: int = 1024
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,7 @@ def validate(c: ServerConfig) -> None:
     require(d.torch_threads >= 0, "decode.torch_threads", "must be >= 0")
     require(1 <= d.entropy_threads <= 64, "decode.entropy_threads", "must be 1..64")
     require(d.precision in ("auto", "fp32", "bf16"), "decode.precision", "must be auto, fp32 or bf16")
+    require(32 <= d.fusion_max_side <= MAX_SIDE, "decode.fusion_max_side", f"must be 32..{MAX_SIDE}")
     require(c.sinks.png_name in PNG_NAMES, "sinks.png_name", f"must be one of {', '.join(PNG_NAMES)}")
     require(0 < c.sinks.video_fps <= 1000, "sinks.video_fps", "must be in (0, 1000]")
     require(not c.http or bool(_HOST_PORT.match(c.http) or _PORT.match(c.http)), "http",

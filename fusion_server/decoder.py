@@ -51,6 +51,7 @@ from mvic.shared.codec.compat import CodecIdentity, check_compatible
 from mvic.shared.codec.fast_synthesis import synthesis_precision
 from mvic.shared.codec.model import LDMIC, GroupLatents
 from mvic.shared.codec.transforms import Precision
+from mvic.shared.codec.view_fusion import FusionOptions
 from mvic.shared.errors import BitstreamError, CorruptBitstreamError, DesyncError, ModelMismatchError, MVICError
 from mvic.shared.rpc.hello import Hello
 
@@ -147,11 +148,13 @@ class GroupDecoder:
 
     ``precision``: of the synthesis (``decode.precision``), resolved for the synthesis device at each call, so
     ``auto`` becomes bf16 when a device fault moves synthesis to the CPU. ``entropy_threads``: threads sharing one
-    group's views in entropy decoding (``LDMIC.entropy_decode``); the same integers whatever it is.
+    group's views in entropy decoding (``LDMIC.entropy_decode``); the same integers whatever it is. ``fusion``: the
+    view fusion after synthesis (``decode.fusion``; ``mvic.shared.codec.view_fusion``).
     """
 
     def __init__(self, model: LDMIC, entropy_model: LDMIC | None = None, *,
-                 precision: Precision | str = Precision.FP32, entropy_threads: int = 1):
+                 precision: Precision | str = Precision.FP32, entropy_threads: int = 1,
+                 fusion: FusionOptions = FusionOptions()):
         if model.weights_hash is None:
             raise ValueError("the model has no weights hash; load it with mvic.shared.codec.registry.load_model")
         entropy_model = entropy_model or model
@@ -161,6 +164,7 @@ class GroupDecoder:
         self.entropy_model = entropy_model
         self.precision = Precision(precision)
         self.entropy_threads = max(1, entropy_threads)
+        self.fusion = fusion
         self.identity: CodecIdentity = model.identity
         self.model_name = model.spec.name
         self.format_version = FORMAT_VERSION
@@ -268,7 +272,7 @@ class GroupDecoder:
         if not parts:
             return []
         try:
-            decoded = self.model.synthesize([p.latents for p in parts], self.synthesis_precision)
+            decoded = self.model.synthesize([p.latents for p in parts], self.synthesis_precision, self.fusion)
         except (MVICError, RuntimeError, ValueError) as exc:
             if len(parts) > 1:
                 log.warning("batched synthesis of %d groups failed (%s); synthesizing each alone", len(parts), exc)

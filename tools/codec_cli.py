@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name outputs <camera>_<sequence>_<file stem>.png, so views with the same camera and "
                         "sequence do not collide")
     d.add_argument("--device", default="cpu", help="torch device for decoding, e.g. cpu or cuda:0")
+    d.add_argument("--no-fusion", action="store_true",
+                   help="decode each set without the view fusion (the learned JCT alone)")
     model_args(d, with_model=False)
 
     i = sub.add_parser("info", help="print the header of .mvic files")
@@ -167,6 +169,8 @@ def _output_names(paths: list[Path], views: list[ViewBitstream], unique: bool) -
 def _decode(args) -> int:
     import cv2
 
+    from mvic.shared.codec.view_fusion import NO_FUSION, FusionOptions
+
     views = _read_views(args.inputs)
     names = _output_names(args.inputs, views, args.unique_names)
     tolerance_ns = round(args.tolerance_ms * 1e6)
@@ -183,7 +187,8 @@ def _decode(args) -> int:
     t0 = time.perf_counter()
     for joint in sets:
         members = list(joint.members)
-        decoded = model.decompress([views[i] for i in members])
+        fusion = NO_FUSION if args.no_fusion else FusionOptions()
+        decoded = model.decompress([views[i] for i in members], fusion=fusion)
         who = ", ".join(f"{headers[i].camera_id}#{headers[i].sequence}" for i in members)
         print(f"{'jointly' if len(members) > 1 else 'alone'}: {who} (captured at {joint.anchor_ns} ns, "
               f"{headers[members[0]].height}x{headers[members[0]].width})")

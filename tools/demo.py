@@ -196,7 +196,7 @@ class Demo:
             # one torch thread per decode thread: the server's entropy workers and its synthesis thread already run
             # side by side, and seven encoders share the cores (OpenMP teams that wait for each other's threads on
             # an oversubscribed CPU are what made the demo slow); bf16 synthesis where the CPU has it natively
-            "decode": {"torch_threads": a.server_threads, "precision": a.decode_precision},
+            "decode": {"torch_threads": a.server_threads, "precision": a.decode_precision, "fusion": not a.no_fusion},
         })
         self._spawn("server", ["mvic.fusion_server.cli", "--config", str(cfg)])
 
@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "has native bf16)")
     p.add_argument("--server-threads", type=int, default=1, help="the server's torch threads, decode.torch_threads "
                    "(default %(default)s; 0 = torch's default, one per core)")
+    p.add_argument("--no-fusion", action="store_true",
+                   help="the server decodes without the view fusion (decode.fusion: false; the learned JCT alone)")
     p.add_argument("--video", action="store_true", help="the server also writes one video per camera")
     p.add_argument("--out", default="mvic-demo-out", help="output folder, emptied first (default %(default)s)")
     p.add_argument("--http-port", type=int, default=8080, help="live page port, 0 = any free (default %(default)s)")

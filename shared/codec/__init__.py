@@ -18,6 +18,8 @@ import importlib
 _HOMES = {
     "LDMIC": "model",
     "DecodedView": "records",
+    "FusionOptions": "view_fusion",
+    "NO_FUSION": "view_fusion",
     "RDOutput": "records",
     "WeightsRecord": "registry",
     "default_weights": "registry",

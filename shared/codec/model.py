@@ -56,6 +56,7 @@ from mvic.shared.codec.transforms import (
     synthesis_first_half,
     synthesis_second_half,
 )
+from mvic.shared.codec.view_fusion import FusionOptions, fuse_views
 from mvic.shared.errors import CorruptBitstreamError, DesyncError, GroupError, ImageError, WeightsError
 from mvic.shared.model_table import ContextModel, ModelSpec
 
@@ -169,12 +170,14 @@ class LDMIC(CompressionModel):
     # ---------------------------------------------------------------------------------------------- decoder
     @torch.no_grad()
     def decompress(self, views: Sequence[ViewBitstream], opts: ExactOptions | None = None, *,
-                   precision: Precision | str = Precision.FP32, threads: int = 1) -> list[DecodedView]:
+                   precision: Precision | str = Precision.FP32, threads: int = 1,
+                   fusion: FusionOptions = FusionOptions()) -> list[DecodedView]:
         """Decode any number of views of one timestamp jointly; results are in the order given.
 
-        ``entropy_decode`` (on ``threads`` threads) then ``synthesize`` (in ``precision``); views of different sizes
-        are decoded in sub-groups of equal size. Raises ModelMismatchError for a view coded with another model or
-        other weights, DesyncError (``failed``: positions in ``views``) if entropy decoding went wrong for some views.
+        ``entropy_decode`` (on ``threads`` threads) then ``synthesize`` (in ``precision``, then ``fusion``); views of
+        different sizes are decoded in sub-groups of equal size. Raises ModelMismatchError for a view coded with
+        another model or other weights, DesyncError (``failed``: positions in ``views``) if entropy decoding went
+        wrong for some views.
         """
         if not views:
             raise GroupError("decompress needs at least one view")
@@ -189,7 +192,7 @@ class LDMIC(CompressionModel):
             except DesyncError as exc:
                 raise DesyncError(str(exc), [members[i] for i in exc.failed]) from None
         out: list[DecodedView | None] = [None] * len(views)
-        for members, decoded in zip(by_size.values(), self.synthesize(latents, precision)):
+        for members, decoded in zip(by_size.values(), self.synthesize(latents, precision, fusion)):
             for i, view in zip(members, decoded):
                 out[i] = view
         return out  # type: ignore[return-value]
@@ -214,12 +217,14 @@ class LDMIC(CompressionModel):
         if len(sizes) > 1:
             raise GroupError(f"entropy_decode needs views of one padded size, got {sizes}; decompress splits them")
         lat = self._decode_latents(views, opts, threads)
-        return GroupLatents(tuple(v.header for v in views), lat, tuple(v.header.rate_index for v in views), sizes[0])
+        return GroupLatents(tuple(v.header for v in views), lat, tuple(v.header.rate_index for v in views), sizes[0],
+                            tuple(v.payload_bytes for v in views))
 
     @torch.no_grad()
-    def synthesize(self, batch: Sequence[GroupLatents],
-                   precision: Precision | str = Precision.FP32) -> list[list[DecodedView]]:
-        """Decoder stage 2: joint synthesis (JCT + g_s) of several groups on this model's device.
+    def synthesize(self, batch: Sequence[GroupLatents], precision: Precision | str = Precision.FP32,
+                   fusion: FusionOptions = FusionOptions()) -> list[list[DecodedView]]:
+        """Decoder stage 2: joint synthesis (JCT + g_s) of several groups on this model's device, then the view
+        fusion of each group's images on the host (``view_fusion``; ``NO_FUSION`` skips it).
 
         Groups of one shape (number of views, padded size) are stacked on the batch axis B and synthesized in one
         pass; groups of different shapes in separate passes. One list of views per group, in the order given.
@@ -235,7 +240,7 @@ class LDMIC(CompressionModel):
         out: list[list[DecodedView]] = [[] for _ in batch]
         for members in by_shape.values():
             for i, views in zip(members, self._synthesize_groups([batch[i] for i in members], precision)):
-                out[i] = views
+                out[i] = _fused(views, batch[i].bpp, fusion)
         return out
 
     def _synthesize_groups(self, groups: Sequence[GroupLatents], precision: Precision) -> list[list[DecodedView]]:
@@ -344,6 +349,21 @@ def decode_options() -> ExactOptions:
     convolution; with more, torch's convolution, as TAPS's many small GEMMs each wait for a whole OpenMP team (2.5x
     slower than it at two threads on a busy two-core CPU: benchmarks/results-fast-decode-cpu.md)."""
     return ExactOptions(Backend.TAPS) if torch.get_num_threads() == 1 else ExactOptions()
+
+
+def _fused(views: list[DecodedView], bpp: Sequence[float], fusion: FusionOptions) -> list[DecodedView]:
+    """The group's views after ``fuse_views``, among views of one image size (a padded size holds several)."""
+    if len(views) < 2 or not fusion.enabled:
+        return views
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, view in enumerate(views):
+        by_shape.setdefault(view.image.shape, []).append(i)
+    out = list(views)
+    for members in by_shape.values():
+        images = fuse_views([views[i].image for i in members], [bpp[i] for i in members], fusion)
+        for i, image in zip(members, images):
+            out[i] = DecodedView(views[i].header, image)
+    return out
 
 
 def _to_device(t: Tensor, device: torch.device) -> Tensor:

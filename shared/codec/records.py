@@ -43,6 +43,12 @@ class GroupLatents:
     latents: ExactLatents  # one row per view, in the order of ``headers``
     rate_indexes: tuple[int, ...]
     padded_size: tuple[int, int]  # (Hp, Wp), multiples of 64
+    payload_bytes: tuple[int, ...]  # each view's entropy-coded bytes: its rate, for the view fusion
+
+    @property
+    def bpp(self) -> tuple[float, ...]:
+        """Each view's coded size in bits per pixel of its image."""
+        return tuple(8 * n / (h.height * h.width) for n, h in zip(self.payload_bytes, self.headers))
 
     @property
     def shape(self) -> tuple[int, tuple[int, int]]:
@@ -55,4 +61,5 @@ class GroupLatents:
         lat = self.latents
         return GroupLatents(tuple(self.headers[i] for i in rows),
                             ExactLatents(lat.y_hat_fx[rows], lat.scales[rows], lat.means[rows], lat.z_hat[rows]),
-                            tuple(self.rate_indexes[i] for i in rows), self.padded_size)
+                            tuple(self.rate_indexes[i] for i in rows), self.padded_size,
+                            tuple(self.payload_bytes[i] for i in rows))

@@ -43,6 +43,8 @@ def test_empty_weights_flag_means_the_installed_weights(tmp_path, monkeypatch):
     ("bogus: 1\n", "bogus: unknown key"),
     ("decode: {workers: two}\n", "decode.workers"),
     ("decode: {entropy_threads: 0}\n", "decode.entropy_threads: must be 1..64"),
+    ("decode: {fusion_max_side: 16}\n", "decode.fusion_max_side: must be 32.."),
+    ("decode: {fusion: maybe}\n", "decode.fusion"),
     ("sinks: {png: 1}\n", "sinks.png"),
     ("device: gpu0\n", "device"),
     ("cameras: [C1, C1]\n", "cameras"),

@@ -149,7 +149,7 @@ def test_a_failed_batch_is_retried_group_by_group(weights, views, monkeypatch):
     reference = [decoder.decode(g) for g in groups]
     real = decoder.model.synthesize
 
-    def synthesize(batch, precision):
+    def synthesize(batch, precision, fusion):
         if len(batch) > 1:
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(batch, precision)
@@ -172,7 +172,7 @@ def test_a_device_fault_moves_synthesis_to_the_cpu_and_loses_no_view(weights, vi
     reference = [decoder.decode(g) for g in groups]
     calls = []
 
-    def faulty(batch, precision):
+    def faulty(batch, precision, fusion):
         calls.append(len(batch))
         raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered (injected)")
 
@@ -206,7 +206,8 @@ def test_out_of_memory_splits_the_batch_then_counts_as_a_device_fault(weights, v
     assert is_device_fault(RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"))
     assert not is_device_fault(RuntimeError("shape mismatch")) and not is_device_fault(ValueError("CUDA"))
     decoder = GroupDecoder(load_model(weights))
-    decoder.model.synthesize = lambda batch, precision: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("out of memory"))
+    decoder.model.synthesize = lambda batch, precision, fusion: (_ for _ in ()).throw(
+        torch.cuda.OutOfMemoryError("out of memory"))
     parts = [p for i in range(2) for p in decoder.entropy_decode(_group(views, i)).parts]
     with pytest.raises(DeviceFaultError, match="out of memory"):
         decoder.synthesize(parts)

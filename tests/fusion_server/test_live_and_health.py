@@ -136,7 +136,7 @@ def test_a_cuda_fault_loses_no_frame_and_turns_health_not_serving(tmp_path, weig
     def loader(device):
         model = load_model(weights)  # on the CPU, whatever the device
         if not loaded:
-            def broken(batch, precision=None):
+            def broken(batch, precision=None, fusion=None):
                 raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered (injected)")
             model.synthesize = broken
         loaded.append(device)

@@ -131,6 +131,23 @@ def test_decode_groups_by_capture_time_and_size_like_the_server(tiny_weights, tm
     assert "jointly: C1#7, C2#7, C3#7 " in capsys.readouterr().out
 
 
+def test_decode_without_fusion_writes_the_networks_joint_output(tiny_weights, tmp_path):
+    from mvic.shared.bitstream import unpack
+    from mvic.shared.codec.registry import load_model
+    from mvic.shared.codec.view_fusion import NO_FUSION, FusionOptions
+
+    w = tiny_weights["test-tiny-fast"]
+    paths = _encode_views(tmp_path, w, [("c1", "C1", 7, 10**9, 1), ("c2", "C2", 7, 10**9, 1)])  # one picture twice
+    views = [unpack(p.read_bytes()) for p in paths]
+    model = load_model(w)
+    for flag, fusion in (([], FusionOptions()), (["--no-fusion"], NO_FUSION)):
+        out = tmp_path / f"dec{len(flag)}"
+        assert main(["decode", *map(str, paths), "-o", str(out), "--weights", str(w), *flag]) == 0
+        for d in model.decompress(views, fusion=fusion):
+            png = cv2.cvtColor(cv2.imread(str(out / f"{d.header.camera_id}_7.png")), cv2.COLOR_BGR2RGB)
+            assert np.array_equal(png, d.image)
+
+
 def test_camera_ids_never_leave_the_output_folder(tiny_weights, tmp_path, capsys):
     w = tiny_weights["test-tiny-fast"]
     (path,) = _encode_views(tmp_path, w, [("x", "../../evil", 1, 10**9, 1)])

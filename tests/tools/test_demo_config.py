@@ -18,9 +18,9 @@ def _server_decode(tmp_path, monkeypatch, *flags: str) -> dict:
 
 
 def test_the_server_gets_one_torch_thread_and_auto_precision(tmp_path, monkeypatch):
-    assert _server_decode(tmp_path, monkeypatch) == {"torch_threads": 1, "precision": "auto"}
+    assert _server_decode(tmp_path, monkeypatch) == {"torch_threads": 1, "precision": "auto", "fusion": True}
 
 
 def test_the_old_server_settings_stay_one_flag_away(tmp_path, monkeypatch):
-    assert _server_decode(tmp_path, monkeypatch, "--server-threads", "0", "--decode-precision", "fp32") == \
-        {"torch_threads": 0, "precision": "fp32"}
+    assert _server_decode(tmp_path, monkeypatch, "--server-threads", "0", "--decode-precision", "fp32",
+                          "--no-fusion") == {"torch_threads": 0, "precision": "fp32", "fusion": False}

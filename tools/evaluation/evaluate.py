@@ -7,7 +7,8 @@
 bpp comes from real bytes (MVIC packets with their headers, whole JPEG/WebP/JPEG XL files, raw HEVC/AV1/VVC
 streams) over all pixels of all views; PSNR is on 8-bit images, per view, averaged; MS-SSIM (pytorch-msssim,
 data_range 255) where every side is > 160 px. Joint vs separate: the same MVIC packets decoded as a group and one
-view at a time (K = 1). A baseline whose encoder this ffmpeg lacks is reported and skipped (results.json lists it).
+view at a time (K = 1). ``--fusion`` (default both): the joint rows with the decoder's view fusion (``mvic-joint``,
+the product's decoder) and, with ``both``, also without it (``mvic-joint-jct``: the learned JCT alone). A baseline whose encoder this ffmpeg lacks is reported and skipped (results.json lists it).
 BD-rates (PCHIP) are against x265 intra 4:4:4. Writes results.json, results.csv and rd.png.
 """
 
@@ -26,6 +27,7 @@ from pytorch_msssim import ms_ssim
 
 from mvic.shared.bitstream import pack, unpack
 from mvic.shared.codec.registry import load_model
+from mvic.shared.codec.view_fusion import NO_FUSION, FusionOptions
 from mvic.tools.evaluation import baselines as bl
 from mvic.tools.evaluation.bdrate import bd_quality, bd_rate
 from mvic.tools.evaluation.stereo_photos import StereoPhotoGroups
@@ -58,12 +60,21 @@ def _quality(refs: list[np.ndarray], decs: list[np.ndarray]) -> tuple[float, flo
     return p, float(ms_ssim(a, b, data_range=255.0))
 
 
-def evaluate(model, groups: list[list[np.ndarray]], baselines: list[str], precision: str = "auto") -> list[RDRow]:
+#: --fusion: the joint decodings measured, by row name
+JOINT_ROWS = {"on": {"mvic-joint": FusionOptions()}, "off": {"mvic-joint": NO_FUSION},
+              "both": {"mvic-joint": FusionOptions(), "mvic-joint-jct": NO_FUSION}}
+
+
+def evaluate(model, groups: list[list[np.ndarray]], baselines: list[str], precision: str = "auto",
+             fusion: str = "both") -> list[RDRow]:
     rows = []
     pixels = sum(v.shape[0] * v.shape[1] for g in groups for v in g)
+    joint_rows = JOINT_ROWS[fusion]
     for rate in range(model.spec.num_rates):
-        nbytes, enc_t, dec_t, dec_alone_t = 0, 0.0, 0.0, 0.0
-        q_joint, q_alone = [], []
+        nbytes, enc_t, dec_alone_t = 0, 0.0, 0.0
+        dec_t = dict.fromkeys(joint_rows, 0.0)
+        q_joint: dict[str, list] = {name: [] for name in joint_rows}
+        q_alone = []
         for group in groups:
             t0 = time.perf_counter()
             packets = [pack(model.compress_view(v, rate, camera_id=f"C{i + 1}", precision=precision))
@@ -71,16 +82,18 @@ def evaluate(model, groups: list[list[np.ndarray]], baselines: list[str], precis
             enc_t += time.perf_counter() - t0
             nbytes += sum(len(p) for p in packets)
             views = [unpack(p) for p in packets]
-            t0 = time.perf_counter()
-            joint = [d.image for d in model.decompress(views)]
-            dec_t += time.perf_counter() - t0
+            for name, options in joint_rows.items():
+                t0 = time.perf_counter()
+                joint = [d.image for d in model.decompress(views, fusion=options)]
+                dec_t[name] += time.perf_counter() - t0
+                q_joint[name].append(_quality(group, joint))
             t0 = time.perf_counter()
             alone = [model.decompress([v])[0].image for v in views]
             dec_alone_t += time.perf_counter() - t0
-            q_joint.append(_quality(group, joint))
             q_alone.append(_quality(group, alone))
         n_views = sum(len(g) for g in groups)
-        for name, q, t in (("mvic-joint", q_joint, dec_t), ("mvic-separate", q_alone, dec_alone_t)):
+        decodings = [(name, q_joint[name], dec_t[name]) for name in joint_rows]
+        for name, q, t in (*decodings, ("mvic-separate", q_alone, dec_alone_t)):
             rows.append(RDRow(name, rate, 8 * nbytes / pixels, float(np.mean([x[0] for x in q])),
                               float(np.mean([x[1] for x in q])), enc_t / n_views, t / len(groups)))
     for name in baselines:
@@ -117,12 +130,13 @@ def bd_table(rows: list[RDRow], anchor: str = ANCHOR) -> dict[str, dict[str, flo
     by: dict[str, list[RDRow]] = {}
     for r in rows:
         by.setdefault(r.codec, []).append(r)
-    pairs = [(name, anchor) for name in by if name != anchor and anchor in by]
-    if "mvic-joint" in by and "mvic-separate" in by:
-        pairs.append(("joint-vs-separate", "mvic-separate"))
+    pairs = [(name, name, anchor) for name in by if name != anchor and anchor in by]  # (label, test, reference)
+    for label, joint in (("joint-vs-separate", "mvic-joint"), ("jct-vs-separate", "mvic-joint-jct")):
+        if joint in by and "mvic-separate" in by:
+            pairs.append((label, joint, "mvic-separate"))
     out: dict[str, dict[str, float]] = {key: {} for key in (*QUALITY, "bd-psnr-db")}
-    for name, ref in pairs:
-        test = by["mvic-joint" if name == "joint-vs-separate" else name]
+    for name, tested, ref in pairs:
+        test = by[tested]
         ra, rt = [r.bpp for r in by[ref]], [r.bpp for r in test]
         for key, quality in QUALITY.items():
             try:
@@ -181,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encode-precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="arithmetic of the camera-side transforms g_a, h_a (auto: bf16 where the CPU has it natively); "
                         "compare two runs to measure what a faster encoder costs in BD-rate")
+    p.add_argument("--fusion", default="both", choices=sorted(JOINT_ROWS),
+                   help="the joint decoding with the view fusion (on), without (off), or both as two rows (mvic-joint, "
+                        "mvic-joint-jct)")
     p.add_argument("-o", "--output", type=Path, default=Path("results/eval"))
     return p
 
@@ -201,13 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     unavailable = {name: why for name in args.baselines if (why := bl.unavailable(name))}
     for name, why in unavailable.items():
         print(f"baseline {name} unavailable, skipped: {why}")
-    rows = evaluate(model, groups, [b for b in args.baselines if b not in unavailable], args.encode_precision)
+    rows = evaluate(model, groups, [b for b in args.baselines if b not in unavailable], args.encode_precision,
+                    args.fusion)
     bd = bd_table(rows)
     write_outputs(rows, bd, args.output, unavailable)
     print(f"{'codec':<16}{'setting':>8}{'bpp':>9}{'PSNR':>8}{'MS-SSIM':>9}{'enc s/view':>11}")
     for r in rows:
         print(f"{r.codec:<16}{r.setting:>8g}{r.bpp:>9.4f}{r.psnr_db:>8.2f}{r.ms_ssim:>9.4f}{r.encode_s_per_view:>11.3f}")
-    print(f"Bjontegaard vs {ANCHOR} (joint-vs-separate: vs mvic-separate); PCHIP, NaN = no overlap")
+    print(f"Bjontegaard vs {ANCHOR} (joint-vs-separate, jct-vs-separate: vs mvic-separate); PCHIP, NaN = no overlap")
     print(f"{'codec':<20}{'BD-rate PSNR':>14}{'BD-rate MS-SSIM':>17}{'BD-PSNR dB':>12}")
     for name in bd["psnr"]:
         print(f"{name:<20}{bd['psnr'][name]:>+13.1f}%{bd['ms-ssim-db'][name]:>+16.1f}%"

@@ -167,7 +167,7 @@ def markdown(record: WeightsRecord, results: list[Results], base: Path, image: P
                   for r in sorted(res.codec("mvic-joint"), key=lambda r: r.setting)]
         lines += ["", f"| Bjøntegaard vs {ANCHOR} | BD-rate PSNR | BD-rate MS-SSIM | BD-PSNR dB |", "|---|---|---|---|"]
         for name in res.bd["psnr"]:
-            shown = f"{name} (vs mvic-separate)" if name == "joint-vs-separate" else name
+            shown = f"{name} (vs mvic-separate)" if name in ("joint-vs-separate", "jct-vs-separate") else name
             figures = [_f(res.bd[key].get(name, math.nan), fmt, unit)
                        for key, fmt, unit in zip(BD_KEYS, ("+.1f", "+.1f", "+.2f"), (" %", " %", ""))]
             lines.append(f"| {shown} | {' | '.join(figures)} |")

@@ -11,6 +11,7 @@ from mvic.shared.codec.entropy_coding import CodingSession
 from mvic.shared.codec.fixedpoint import ExactOptions, exact_mode
 from mvic.shared.codec.gains import RateGains
 from mvic.shared.codec.registry import load_model
+from mvic.shared.codec.view_fusion import NO_FUSION
 from tests.conftest import random_image
 
 
@@ -37,8 +38,8 @@ def test_reconstruction_equals_eval_forward(codec_pair):
     rng = np.random.default_rng(1)
     images = [random_image(rng, 128, 64) for _ in range(3)]
     rates = [0, 2, 4]
-    decoded = dec.decompress([enc.compress_view(im, q, camera_id=f"C{i}") for i, (im, q) in
-                              enumerate(zip(images, rates))])
+    views = [enc.compress_view(im, q, camera_id=f"C{i}") for i, (im, q) in enumerate(zip(images, rates))]
+    decoded = dec.decompress(views, fusion=NO_FUSION)  # the network's output; the view fusion comes after it
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255).unsqueeze(0)
     with torch.no_grad():
         out = dec(x, torch.tensor([rates]))

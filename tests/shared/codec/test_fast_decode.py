@@ -18,6 +18,7 @@ from mvic.shared.codec.images import psnr
 from mvic.shared.codec.latent_codec import ExactLatents
 from mvic.shared.codec.registry import default_weights, load_model
 from mvic.shared.codec.transforms import Precision
+from mvic.shared.codec.view_fusion import NO_FUSION
 from mvic.shared.errors import DesyncError
 from mvic.tools.samples import stereo_pair
 from tests.conftest import random_image
@@ -102,16 +103,19 @@ def test_bf16_copy_is_made_once_per_weights_and_never_joins_the_state_dict(codec
 
 def test_bf16_synthesis_of_real_photographs_is_within_a_few_grey_levels_of_float32():
     """Shipped weights, a real stereo pair, every rate: measured on the held-out photos at 1080p-class sizes, the
-    mean PSNR moves by -0.007 dB (worst -0.054 dB), at most 3 grey levels (benchmarks/results-fast-decode-cpu.md)."""
+    mean PSNR moves by -0.007 dB (worst -0.054 dB), at most 3 grey levels (benchmarks/results-fast-decode-cpu.md).
+    The view fusion after synthesis follows optical flow, which a grey level can move, so with it only the quality
+    is compared."""
     model = load_model(default_weights("ldmic-fast-lite"))
     images = [image for _, image in stereo_pair(scale=0.25)]
     for q in range(model.spec.num_rates):
         views = [model.compress_view(im, q, camera_id=f"C{i + 1}") for i, im in enumerate(images)]
-        fp32 = model.decompress(views, precision="fp32")
-        bf16 = model.decompress(views, precision="bf16")
+        fp32, bf16 = (model.decompress(views, precision=p, fusion=NO_FUSION) for p in ("fp32", "bf16"))
         for im, a, b in zip(images, fp32, bf16):
             assert np.abs(a.image.astype(np.int16) - b.image.astype(np.int16)).max() <= 4
             assert psnr(b.image, im) > psnr(a.image, im) - 0.15
+        fp32, bf16 = (model.decompress(views, precision=p) for p in ("fp32", "bf16"))
+        assert np.mean([psnr(b.image, im) - psnr(a.image, im) for im, a, b in zip(images, fp32, bf16)]) > -0.15
 
 
 def test_decoding_takes_the_fast_exact_backend_for_torchs_thread_count():

@@ -73,7 +73,7 @@ def test_mvic_eval_end_to_end(tiny_weights, tmp_path, capsys):
                  "--size", "64x96", "--baselines", "jpeg", "x265-intra-444", "-o", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     codecs = {r["codec"] for r in res["rows"]}
-    assert codecs == {"mvic-joint", "mvic-separate", "jpeg", "x265-intra-444"}
+    assert codecs == {"mvic-joint", "mvic-joint-jct", "mvic-separate", "jpeg", "x265-intra-444"}
     assert all(r["bpp"] > 0 for r in res["rows"])
     assert (out / "rd.png").stat().st_size > 1000 and (out / "results.csv").is_file()
     assert "Bjontegaard vs x265-intra-444" in capsys.readouterr().out

@@ -62,6 +62,6 @@ def test_mvic_eval_on_stereo_photos_skips_missing_encoder(fake_set, tiny_weights
     assert main(["--weights", str(tiny_weights["test-tiny-fast"]), "--data", "stereo-photos", "--root",
                  str(fake_set), "--groups", "1", "--baselines", "jpeg", "vvc-intra-420", "-o", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert {r["codec"] for r in res["rows"]} == {"mvic-joint", "mvic-separate", "jpeg"}
+    assert {r["codec"] for r in res["rows"]} == {"mvic-joint", "mvic-joint-jct", "mvic-separate", "jpeg"}
     assert "libvvenc" in res["unavailable_baselines"]["vvc-intra-420"]
     assert "vvc-intra-420 unavailable" in capsys.readouterr().out

@@ -1,0 +1,177 @@
+"""Flow-guided view fusion: the joint decoder's last step, where the views of a group lend each other detail.
+
+Hop before: ``LDMIC.synthesize`` (JCT + g_s) gives each view of a group its reconstruction, (H, W, 3) uint8.
+Hop after: the ``DecodedView`` images the sinks write.
+
+Every camera codes its view alone, so the views of a group carry independent coding errors of whatever they show in
+common. The decoder sees them all: for each view i and each partner view j it estimates a dense optical flow from
+i's reconstruction to j's (DIS, Kroeger et al. 2016; OpenCV) and the flow back, warps j's reconstruction onto i,
+matches its colours to i's on the overlap (cameras differ in exposure and white balance), and averages it into i
+where the two agree::
+
+    w_j(p) = consistent_j(p) * exp(-d_j(p) / t_i)          d_j: local mean of |blur(x_i) - blur(warp_j(x_j))|^2
+    out_i  = (x_i + sum_j w_j warp_j(x_j)) / (1 + sum_j w_j)
+
+``consistent`` keeps pixels whose forward and backward flows agree within ``max_flow_error`` pixels and that land
+inside view j; ``t_i = agreement * bpp_i ** -exponent`` follows view i's rate, so a partner must agree about as
+well as two codings of the same content at that rate do, and a view without a true partner (no overlap, another
+scene, a moving object) comes out as it went in. This is classical signal processing, not learned: the
+JCT's learned attention pools each view's context over the whole image and cannot align what the views share;
+the flow can (benchmarks/results-view-fusion.md has the measurements that chose the defaults).
+
+The result depends only on the decoded images and the views' sizes in bits, so every decoder that decodes the same
+bitstreams with this module gets the same pixels whatever device synthesized them (up to the synthesis precision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+__all__ = ["FusionOptions", "NO_FUSION", "fuse_views"]
+
+
+@dataclass(frozen=True)
+class FusionOptions:
+    """How the joint decoder fuses a group's views (``enabled=False``: not at all; JCT + g_s alone)."""
+
+    enabled: bool = True
+    agreement: float = 7e-4  # t_i = agreement * bpp_i ** -exponent: how far a partner may differ and still count
+    exponent: float = 0.9
+    window: int = 7  # side of the box over which the disagreement d_j is averaged, pixels
+    blur: float = 2.0  # Gaussian sigma applied before comparing (the colour of a region, not its noise), pixels
+    max_flow_error: float = 1.0  # forward-backward flow mismatch above which a pixel has no partner, pixels
+    min_overlap: float = 0.02  # partners consistent on less of the view than this are ignored
+    max_side: int = 1024  # flows are estimated on images whose long side is at most this (then scaled up)
+    max_partners: int = 3  # partners per view: its neighbours in the group's order, nearest first
+
+    def __post_init__(self):
+        checks = {
+            "agreement": self.agreement > 0, "exponent": self.exponent >= 0, "window": self.window >= 1,
+            "blur": self.blur >= 0, "max_flow_error": self.max_flow_error > 0,
+            "min_overlap": 0 <= self.min_overlap <= 1, "max_side": self.max_side >= 32,
+            "max_partners": self.max_partners >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"FusionOptions: invalid {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+
+
+NO_FUSION = FusionOptions(enabled=False)
+
+
+def fuse_views(images: Sequence[np.ndarray], bpp: Sequence[float],
+               opts: FusionOptions = FusionOptions()) -> list[np.ndarray]:
+    """Fuse the reconstructions of one group's views, (H, W, 3) uint8 each, all of one size; ``bpp``: each view's
+    coded size in bits per pixel. Returns new images in the same order; one view (or fusion off) comes back as is."""
+    if len(images) != len(bpp):
+        raise ValueError(f"fuse_views: {len(images)} images but {len(bpp)} rates")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1 or any(im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3 for im in images):
+        raise ValueError(f"fuse_views needs (H, W, 3) uint8 images of one size, got {sorted(shapes)}")
+    if len(images) < 2 or not opts.enabled:
+        return list(images)
+    flows = _Flows(images, opts.max_side)
+    out = []
+    for i, image in enumerate(images):
+        own = image.astype(np.float32) / 255  # (H, W, 3) in [0, 1]; one view and one partner in float at a time
+        limit = opts.agreement * max(float(bpp[i]), 1e-3) ** -opts.exponent
+        total, weight = own.copy(), np.ones(own.shape[:2], np.float32)  # (H, W, 3), (H, W)
+        for j in _partners(i, len(images), opts.max_partners):
+            lent = _lend(own, images[j].astype(np.float32) / 255, flows.pair(i, j), flows.pair(j, i), limit, opts)
+            if lent is not None:
+                total += lent[1][..., None] * lent[0]
+                weight += lent[1]
+        out.append(np.rint(np.clip(total / weight[..., None], 0, 1) * 255).astype(np.uint8))
+    return out
+
+
+def _partners(i: int, k: int, most: int) -> list[int]:
+    """The views nearest to i in the group's order, alternating after and before: i+1, i-1, i+2, ..."""
+    order = [i + s * d for d in range(1, k) for s in (1, -1)]
+    return [j for j in order if 0 <= j < k][:most]
+
+
+class _Flows:
+    """Dense flows between the group's views, estimated once per ordered pair on grey, equalised copies.
+
+    A pair is first aligned as a whole by a homography fitted (RANSAC) to matched ORB features, so rotation, zoom
+    and large shifts between cameras are taken out; DIS then estimates what is left (parallax, small motion).
+    Without enough consistent matches the homography is the identity and DIS works alone."""
+
+    def __init__(self, images: Sequence[np.ndarray], max_side: int):
+        h, w = images[0].shape[:2]
+        self.scale = min(1.0, max_side / max(h, w))
+        self.size = (w, h)
+        small = (max(8, round(w * self.scale)), max(8, round(h * self.scale)))
+        grey = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in images]
+        if self.scale < 1:
+            grey = [cv2.resize(g, small, interpolation=cv2.INTER_AREA) for g in grey]
+        self.grey = [cv2.equalizeHist(g) for g in grey]
+        orb = cv2.ORB_create(nfeatures=2000)
+        self.features = [orb.detectAndCompute(g, None) for g in self.grey]
+        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        gx, gy = np.meshgrid(np.arange(small[0], dtype=np.float32), np.arange(small[1], dtype=np.float32))
+        self.grid = np.stack([gx, gy], axis=-1)  # (h, w, 2) pixel positions at the flow's scale
+        self._done: dict[tuple[int, int], np.ndarray] = {}
+
+    def pair(self, i: int, j: int) -> np.ndarray:
+        """(H, W, 2) float32: where each pixel of view i lies in view j (offsets, full-size pixels)."""
+        if (i, j) not in self._done:  # kept at the flow's scale: K views of 4K at full size would take gigabytes
+            hom = self._homography(i, j)  # view i pixels -> view j pixels, roughly
+            small = self.grey[i].shape[::-1]
+            aligned = cv2.warpPerspective(self.grey[j], hom, small, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                          borderMode=cv2.BORDER_REPLICATE)  # j seen from i
+            rest = self.dis.calc(self.grey[i], aligned, None)  # (h, w, 2)
+            there = cv2.perspectiveTransform((self.grid + rest).reshape(-1, 1, 2), hom).reshape(rest.shape)
+            self._done[(i, j)] = there - self.grid
+        flow = self._done[(i, j)]
+        if self.scale < 1:
+            flow = cv2.resize(flow, self.size, interpolation=cv2.INTER_LINEAR) / self.scale
+        return flow
+
+    def _homography(self, i: int, j: int) -> np.ndarray:
+        (kp_i, des_i), (kp_j, des_j) = self.features[i], self.features[j]
+        if des_i is None or des_j is None or len(kp_i) < 8 or len(kp_j) < 8:
+            return np.eye(3)
+        matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(des_i, des_j)
+        if len(matches) < 20:
+            return np.eye(3)
+        src = np.float32([kp_i[m.queryIdx].pt for m in matches]).reshape(-1, 1, 2)
+        dst = np.float32([kp_j[m.trainIdx].pt for m in matches]).reshape(-1, 1, 2)
+        hom, inliers = cv2.findHomography(src, dst, cv2.RANSAC, 3.0)
+        if hom is None or int(inliers.sum()) < 15:
+            return np.eye(3)
+        return hom
+
+
+def _lend(own: np.ndarray, other: np.ndarray, there: np.ndarray, back: np.ndarray, limit: float,
+          opts: FusionOptions) -> tuple[np.ndarray, np.ndarray] | None:
+    """``other`` warped onto ``own`` and colour-matched, with its per-pixel weight; None when they share too little."""
+    h, w = own.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    mx, my = gx + there[..., 0], gy + there[..., 1]  # (H, W): where own's pixels are in other
+    warped = cv2.remap(other, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (H, W, 3)
+    returned = cv2.remap(back, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (H, W, 2)
+    mismatch = np.hypot(there[..., 0] + returned[..., 0], there[..., 1] + returned[..., 1])
+    valid = (mismatch < opts.max_flow_error) & (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
+    if valid.mean() < opts.min_overlap or valid.sum() < 16:
+        return None
+    for c in range(3):  # exposure and white balance: other's channel as an affine function of own's, on the overlap
+        src, dst = warped[..., c][valid], own[..., c][valid]
+        spread = float(src.var())
+        slope = float(((src - src.mean()) * (dst - dst.mean())).mean()) / spread if spread > 1e-6 else 1.0
+        offset = float(dst.mean()) - slope * float(src.mean())
+        if not 0.5 <= slope <= 2.0:
+            return None  # no plausible colour match: the overlap is not the same content
+        warped[..., c] = slope * warped[..., c] + offset
+    if opts.blur > 0:
+        diff = cv2.GaussianBlur(own, (0, 0), opts.blur) - cv2.GaussianBlur(warped, (0, 0), opts.blur)
+    else:
+        diff = own - warped
+    disagreement = cv2.boxFilter((diff * diff).sum(axis=2), -1, (opts.window, opts.window))  # (H, W)
+    weight = np.where(valid, np.exp(-disagreement / limit), 0).astype(np.float32)
+    return warped, weight
