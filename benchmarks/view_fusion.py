@@ -10,7 +10,8 @@ rendered training plazas (256x512: wide baselines, like surveillance cameras aro
 alone by the given weights (eval-mode forward, the exact latents; bits from the likelihoods); then the group's
 reconstructions are decoded three ways: the network alone (JCT + g_s, the views decoded together), the network
 followed by the fusion for each ``--agreement``, and (``warps`` only) an oracle that knows the true homography
-and averages the two views on their overlap after matching colours: what perfect alignment would give.
+and averages each view with the other on their overlap after matching colours (bicubic warp, equal weights): what
+plain averaging under perfect alignment gives.
 
 Prints, per kind, PSNR per rate point and the BD-rate of each decoding against the network alone, and the fusion's
 time per group on this CPU (one thread) at 512x512 and at 1080x1920 (``--time-size``).
@@ -95,7 +96,7 @@ def measure(model, groups, options: list[FusionOptions], with_oracle: bool):
                 seconds += time.perf_counter() - t0
                 n += 1
             if with_oracle:
-                decoded.append([oracle(net[0], net[1], to_own), net[1]])
+                decoded.append([oracle(net[0], net[1], to_own), oracle(net[1], net[0], np.linalg.inv(to_own))])
             for k, images in enumerate(decoded):
                 err[k, r] += sum(mse(a, b) * h * w for a, b in zip(images, views))
     bpp = bits / pixels
