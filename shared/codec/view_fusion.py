@@ -4,8 +4,9 @@ Hop before: ``LDMIC.synthesize`` (JCT + g_s) gives each view of a group its reco
 Hop after: the ``DecodedView`` images the sinks write.
 
 Every camera codes its view alone, so the views of a group carry independent coding errors of whatever they show in
-common. The decoder sees them all: for each view i and each partner view j it estimates a dense optical flow from
-i's reconstruction to j's (DIS, Kroeger et al. 2016; OpenCV) and the flow back, warps j's reconstruction onto i,
+common. The decoder sees them all: for each view i and each partner view j it aligns j to i as a whole (a
+homography fitted to matched ORB features with RANSAC), estimates what is left as a dense optical flow (DIS, Kroeger
+et al. 2016; OpenCV) and the same for the way back, warps j's reconstruction onto i (bicubic),
 matches its colours to i's on the overlap (cameras differ in exposure and white balance), and averages it into i
 where the two agree::
 
@@ -19,8 +20,9 @@ scene, a moving object) comes out as it went in. This is classical signal proces
 JCT's learned attention pools each view's context over the whole image and cannot align what the views share;
 the flow can (benchmarks/results-view-fusion.md has the measurements that chose the defaults).
 
-The result depends only on the decoded images and the views' sizes in bits, so every decoder that decodes the same
-bitstreams with this module gets the same pixels whatever device synthesized them (up to the synthesis precision).
+The result is a deterministic function of the decoded images and the views' sizes in bits. Another synthesis of the
+same bitstreams (another device, bf16) differs by a grey level or so, and where that tips a flow, a few fused pixels
+differ by more; the quality does not move (tests/shared/codec/test_fast_decode.py compares it).
 """
 
 from __future__ import annotations
