@@ -113,12 +113,13 @@ class _Flows:
         if self.scale < 1:
             grey = [cv2.resize(g, small, interpolation=cv2.INTER_AREA) for g in grey]
         self.grey = [cv2.equalizeHist(g) for g in grey]
-        orb = cv2.ORB_create(nfeatures=2000)
+        orb = cv2.ORB_create(nfeatures=1000)  # matching costs the square of this
         self.features = [orb.detectAndCompute(g, None) for g in self.grey]
         self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         gx, gy = np.meshgrid(np.arange(small[0], dtype=np.float32), np.arange(small[1], dtype=np.float32))
         self.grid = np.stack([gx, gy], axis=-1)  # (h, w, 2) pixel positions at the flow's scale
         self._done: dict[tuple[int, int], np.ndarray] = {}
+        self._homographies: dict[tuple[int, int], np.ndarray] = {}
 
     def pair(self, i: int, j: int) -> np.ndarray:
         """(H, W, 2) float32: where each pixel of view i lies in view j (offsets, full-size pixels)."""
@@ -136,6 +137,12 @@ class _Flows:
         return flow
 
     def _homography(self, i: int, j: int) -> np.ndarray:
+        if (j, i) in self._homographies:  # one fit per pair of views: the way back is its inverse
+            return np.linalg.inv(self._homographies[(j, i)])
+        self._homographies[(i, j)] = hom = self._fit(i, j)
+        return hom
+
+    def _fit(self, i: int, j: int) -> np.ndarray:
         (kp_i, des_i), (kp_j, des_j) = self.features[i], self.features[j]
         if des_i is None or des_j is None or len(kp_i) < 8 or len(kp_j) < 8:
             return np.eye(3)
@@ -144,7 +151,7 @@ class _Flows:
             return np.eye(3)
         src = np.float32([kp_i[m.queryIdx].pt for m in matches]).reshape(-1, 1, 2)
         dst = np.float32([kp_j[m.trainIdx].pt for m in matches]).reshape(-1, 1, 2)
-        hom, inliers = cv2.findHomography(src, dst, cv2.RANSAC, 3.0)
+        hom, inliers = cv2.findHomography(src, dst, cv2.RANSAC, 3.0, maxIters=1000)
         if hom is None or int(inliers.sum()) < 15:
             return np.eye(3)
         return hom
