@@ -15,7 +15,7 @@ One frame's path, module by module:
                   ready view sets (one timestamp's views of a camera group), settles each frame once
     grouper.py    view sets by capture time (mvic.shared.view_sets); waits at most max_wait for the rest
     decoder.py    joint decoding: entropy decoding on CPU workers, then equal-shape view sets synthesized in batches
-                  on the device; a bad view is dropped, the others decoded
+                  on the device and fused (decode.fusion); a bad view is dropped, the others decoded
     sinks.py      PNG per camera (atomic) and/or one video per camera
     acks.py       the ack book: sequence checks, camera slots, cumulative acks journalled in out/acks.json
                   (out/.servers/<self>/acks.json in a cluster) before the Ack is sent

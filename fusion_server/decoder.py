@@ -12,7 +12,8 @@ Hop after: the sink stage (``sinks.FrameSinks``) writes the ``DecodeResult``'s f
 2. one device stage that takes the groups whose entropy decoding finished and synthesizes up to
    ``decode.max_batch`` groups of one shape (views, padded size) in one ``LDMIC.synthesize`` call, in
    ``decode.precision`` (auto: bf16 channels-last on a CPU with native bf16, 3-4x faster there for under 0.1 dB;
-   float32 elsewhere; ``mvic.shared.codec.fast_synthesis``). It never waits for a batch to fill: what is ready
+   float32 elsewhere; ``mvic.shared.codec.fast_synthesis``), then the view fusion of each set on the host
+   (``decode.fusion``, ``mvic.shared.codec.view_fusion``). It never waits for a batch to fill: what is ready
    when the device is free goes together. A failed batch is retried group by group, then view by view, so one bad
    view never costs the others their reconstruction.
 

@@ -58,7 +58,7 @@ class ServerMetrics:
         self.group_wait = Histogram(p + "group_wait_seconds", "First view of a view set to its decode start",
                                     buckets=LATENCY_BUCKETS, registry=registry)
         self.decode_seconds = Histogram(p + "decode_seconds", "Decode stages: entropy (one view set, CPU worker), "
-                                        "synthesis (one batch of view sets, device)", ["stage"],
+                                        "synthesis (one batch of view sets, device, with its view fusion)", ["stage"],
                                         buckets=LATENCY_BUCKETS, registry=registry)
         for stage in DECODE_STAGES:
             self.decode_seconds.labels(stage)  # both series exist from the start

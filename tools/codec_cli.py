@@ -184,10 +184,10 @@ def _decode(args) -> int:
     spec = spec_by_id(views[0].header.model_id)
     model = _load(spec.name, args).to(args.device)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    fusion = NO_FUSION if args.no_fusion else FusionOptions()
     t0 = time.perf_counter()
     for joint in sets:
         members = list(joint.members)
-        fusion = NO_FUSION if args.no_fusion else FusionOptions()
         decoded = model.decompress([views[i] for i in members], fusion=fusion)
         who = ", ".join(f"{headers[i].camera_id}#{headers[i].sequence}" for i in members)
         print(f"{'jointly' if len(members) > 1 else 'alone'}: {who} (captured at {joint.anchor_ns} ns, "

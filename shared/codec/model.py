@@ -15,6 +15,7 @@ Decoder, any K >= 1 views of one group, in two stages::
                      copy of the model gives the encoder's very numbers whatever device synthesizes
     synthesize       y_hat * y_inverse[q], (B, V, M, h, w) ──JCT──▶ synthesis half 1 ──JCT──▶ synthesis half 2
                      ──▶ x_hat (B, V, 3, Hp, Wp) ──crop──▶ one DecodedView per view; groups of one shape share B
+                     ──view_fusion (host, per group)──▶ each view with what its partners' aligned views lend it
 
 ``decompress`` chains the two decoder stages; a server may run them apart (``fusion_server.decoder``). Training
 (``forward``) takes (B, V, 3, H, W) batches through the same modules; a decoder may synthesize with a bf16 copy of
