@@ -22,6 +22,7 @@ and one set of exit statuses (``EXIT_OK`` 0, ``EXIT_FAILED`` 1, ``EXIT_CONFIG`` 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import types
 import typing
@@ -47,12 +48,29 @@ def require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true/false (any case). PyYAML's YAML 1.1 also reads yes/no/on/off as
+    booleans, which would make ``amp: off`` or ``channels_last: on`` a type error instead of the word."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def parse_yaml(text: str) -> Any:
+    """One YAML document, with YAML 1.2's booleans (see ``_Loader``)."""
+    return yaml.load(text, _Loader)  # noqa: S506 - a SafeLoader subclass: plain data only
+
+
 def read_yaml(path: str | Path | None) -> dict:
     """The mapping in a YAML file ({} for no file or an empty one)."""
     if path is None:
         return {}
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = parse_yaml(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
@@ -175,7 +193,7 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set source.fps=10")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = parse_yaml(text) if text.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"{key}: --set value {text!r} is not valid YAML ({exc.problem}); quote it") from None
         if value is None:

@@ -72,6 +72,17 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
         read_yaml(path)
 
 
+def test_only_true_and_false_are_booleans_so_words_like_on_and_off_stay_words(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("on: true\ninner: {name: off}\nmany: [{name: yes}, {name: On}]\n")
+    assert build(Outer, read_yaml(path)) == Outer(on=True, inner=Inner(name="off"), many=(Inner(name="yes"),
+                                                                                         Inner(name="On")))
+    assert parse_settings(["a=on", "b=FALSE", "c=no"]) == {"a": "on", "b": False, "c": "no"}
+    path.write_text("on: yes\n")  # a bool key still takes true/false only
+    with pytest.raises(ConfigError, match="on: expected true or false"):
+        build(Outer, read_yaml(path))
+
+
 def test_set_values_are_yaml_and_key_equals_nothing_is_an_empty_string():
     assert parse_settings(["a.b=10", "c=[x, y]", "d=true", "e=", "f=1e-4", "g=text with spaces"]) == {
         "a.b": 10, "c": ["x", "y"], "d": True, "e": "", "f": "1e-4", "g": "text with spaces"}

@@ -38,7 +38,9 @@ class OptimConfig:
     max_steps: int = 100_000
     metric: str = "mse"  # mse | ms-ssim (lambda_ms-ssim = lambda_mse / 32: 8..128 as in the paper)
     amp: str = "off"  # off | bf16 | auto (bf16 on CUDA and on CPUs with AMX/AVX-512-BF16); entropy model in float32
-    channels_last: bool = False  # convolutions in channels-last memory format (faster on CPUs, with or without bf16)
+    # convolutions in channels-last memory format: off | on | auto (on CUDA and on CPUs with AVX-512, where it was
+    # measured faster; not on AVX2-only CPUs, where it was measured slower: benchmarks/results-train-speed-cpu.md)
+    channels_last: str = "off"
     workers: int = 0  # DataLoader processes preparing batches (0: in the training process)
     gain_lr_scale: float = 1.0  # the rate gains' lr over the others' (set at a run's start: it adds a param group)
     lambdas: tuple[float, ...] = ()  # the rate points' lambdas, lowest rate first (empty: the model table's)

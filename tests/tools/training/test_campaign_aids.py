@@ -17,7 +17,7 @@ from mvic.tools.training import train as train_module
 from mvic.tools.training.checkpoint import load_state
 from mvic.tools.training.config import load_config
 from mvic.tools.training.ema import WeightsEMA
-from mvic.tools.training.train import main, rd_loss, training_lambdas, use_bf16
+from mvic.tools.training.train import main, rd_loss, training_lambdas, use_bf16, use_channels_last
 
 CONFIG = """
 model: test-tiny-fast
@@ -111,8 +111,18 @@ def test_amp_modes(monkeypatch):
         use_bf16("fp16", "cpu")
 
 
+def test_channels_last_modes(monkeypatch):
+    monkeypatch.setattr(train_module, "_cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU: slower there
+    assert not use_channels_last("auto", "cpu") and use_channels_last("auto", "cuda:0")
+    assert use_channels_last("on", "cpu") and not use_channels_last("off", "cuda")
+    monkeypatch.setattr(train_module, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    assert use_channels_last("auto", "cpu")
+    with pytest.raises(ValueError, match="optim.channels_last"):
+        use_channels_last("true", "cpu")
+
+
 def test_bf16_channels_last_cpu_run_trains(tmp_path):
-    cfg = CONFIG.replace("ema: 0.9", "ema: 0.9, amp: bf16, channels_last: true")
+    cfg = CONFIG.replace("ema: 0.9", "ema: 0.9, amp: bf16, channels_last: on")
     run = tmp_path / "run"
     assert main(["--run", str(run), "--config", str(_config(tmp_path, cfg)), "--quiet"]) == 0
     with open(run / "log.csv") as f:
