@@ -1,17 +1,19 @@
 """The joint decoder's view fusion (``mvic.shared.codec.view_fusion``) on training data: what it gains, what it costs.
 
     .venv/bin/python benchmarks/view_fusion.py --corpus /var/tmp/mvic-runs/data/corpus \\
-        --scenes "/var/tmp/mvic-runs/data/scenes/*" [--groups 8] [--agreement 7e-4 1.4e-3]
+        [--groups 8] [--agreement 7e-4 1.4e-3]
 
 Two kinds of group, both from *training* data (the held-out sets are for mvic-eval, never for choosing):
 ``warps`` = two views of one photo of the corpus's train split under the mild perspective warps of training
 (``PhotoWarpGroups``, 512x512: small baselines, like a stereo rig); ``plazas`` = two neighbouring cameras of the
-rendered training plazas (256x512: wide baselines, like surveillance cameras around a square). Every view is coded
-alone by the given weights (eval-mode forward, the exact latents; bits from the likelihoods); then the group's
-reconstructions are decoded three ways: the network alone (JCT + g_s, the views decoded together), the network
-followed by the fusion for each ``--agreement``, and (``warps`` only) an oracle that knows the true homography
-and averages each view with the other on their overlap after matching colours (bicubic warp, equal weights): what
-plain averaging under perfect alignment gives.
+campaign's training plazas (rendered here as ``scripts/campaign.sh`` renders them, cropped to 256x512: wide
+baselines, like surveillance cameras around a square). Every view is coded alone by the given weights (eval-mode
+forward, the exact latents; bits from the likelihoods); then the group's reconstructions are decoded three ways:
+the network alone (JCT + g_s, the views decoded together), the network followed by the fusion for each
+``--agreement``, and an oracle of alignment. ``warps``: each view averaged with the other on their overlap under
+the true homography, colours matched (bicubic warp, equal weights): what plain averaging under perfect alignment
+gives. ``plazas``: the fusion (first ``--agreement``) given the scene's exact alignment (every visible plane's
+homography) instead of the flows it estimates: what better alignment could gain there.
 
 Prints, per kind, PSNR per rate point and the BD-rate of each decoding against the network alone, and the fusion's
 time per group on this CPU (one thread) at 512x512 and at 1080x1920 (``--time-size``).
@@ -20,15 +22,16 @@ time per group on this CPU (one thread) at 512x512 and at 1080x1920 (``--time-si
 from __future__ import annotations
 
 import argparse
-import glob
+import copy
+import dataclasses
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
 from mvic.shared.codec.registry import load_model
+from mvic.shared.scene import Scene, SceneConfig
 from mvic.shared.codec.view_fusion import FusionOptions, fuse_views
 from mvic.tools.evaluation.bdrate import bd_rate
 from mvic.tools.training.photo_views import PhotoWarpGroups
@@ -42,20 +45,50 @@ def warp_groups(corpus: str, n: int):
         yield views, homs[0] @ np.linalg.inv(homs[1])
 
 
-def plaza_groups(pattern: str, n: int):
-    """Two neighbouring cameras of one frame of a rendered training plaza, cropped to 256x512."""
-    scenes = sorted(glob.glob(pattern))
+def plaza_groups(corpus: str, n: int):
+    """Two neighbouring cameras of one frame of a training plaza (the campaign's: seeds 0-7, 7 cameras of 288x512,
+    textured with the corpus's photos, 12 frames), cropped to 256x512, with the scene's true alignment."""
     rng = np.random.default_rng(6)
     for _ in range(n):
-        root = Path(scenes[rng.integers(len(scenes))])
-        cams = sorted(p.name for p in root.iterdir() if p.is_dir())
-        c = int(rng.integers(len(cams) - 1))
-        frames = sorted(p.name for p in (root / cams[c]).iterdir())
-        frame = frames[rng.integers(len(frames))]
-        views = [cv2.cvtColor(cv2.imread(str(root / cam / frame)), cv2.COLOR_BGR2RGB) for cam in cams[c:c + 2]]
-        h = views[0].shape[0] // 64 * 64
-        top = (views[0].shape[0] - h) // 2
-        yield np.stack([v[top:top + h, :v.shape[1] // 64 * 64] for v in views]), None
+        seed, c, frame = int(rng.integers(8)), int(rng.integers(6)), int(rng.integers(12))
+        scene = Scene(SceneConfig(seed=seed, cameras=7, height=288, width=512, textures=f"{corpus}/photos"))
+        views = scene.render(frame)[c:c + 2]
+        h = views.shape[1] // 64 * 64
+        top = (views.shape[1] - h) // 2
+        yield views[:, top:top + h, :views.shape[2] // 64 * 64], TrueGeometry(scene, frame, [c, c + 1], top, h)
+
+
+class TrueGeometry:
+    """A rendered plaza's exact alignment (``view_fusion.Alignment``): each pixel's visible surface is a plane that
+    maps to the other camera by its homography; the sky, a backdrop fixed to the image, by the identity; pixels
+    whose surface the other camera does not see land where the flows disagree, so the fusion leaves them out."""
+
+    def __init__(self, scene: Scene, frame: int, cameras: list[int], top: int, height: int):
+        quads = scene.static + scene._object_quads(frame)
+        flat = [dataclasses.replace(q, texture=np.full((2, 2, 3), k + 1, np.uint8), shade=1.0)
+                for k, q in enumerate(quads)]  # surface k drawn in the grey level k + 1; the sky stays 0
+        ids = copy.copy(scene)
+        ids.sky = np.zeros_like(scene.sky)
+        self.quads, self.cameras = quads, [scene.cameras[c] for c in cameras]
+        self.ids = [ids._render_view(cam, flat)[top:top + height, ..., 0] for cam in self.cameras]
+        self.crop = np.array([[1, 0, 0], [0, 1, -top], [0, 0, 1.0]])  # full view -> cropped pixels
+
+    def _to_image(self, view: int, quad) -> np.ndarray:
+        """The plane's coordinates (a, b, 1) -> cropped pixels of ``view``."""
+        cam, plane = self.cameras[view], np.stack([quad.u, quad.v, quad.origin], axis=1)
+        return self.crop @ cam.intrinsics @ (cam.rotation @ plane + np.outer(cam.translation, [0, 0, 1]))
+
+    def pair(self, i: int, j: int) -> np.ndarray:
+        ids = self.ids[i]
+        h, w = ids.shape
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        grid = np.stack([gx, gy], axis=-1)
+        there = grid.copy()
+        for k in np.unique(ids[ids > 0]):
+            hom = self._to_image(j, self.quads[k - 1]) @ np.linalg.inv(self._to_image(i, self.quads[k - 1]))
+            sel = ids == k
+            there[sel] = cv2.perspectiveTransform(grid[sel].reshape(-1, 1, 2), hom).reshape(-1, 2)
+        return there - grid
 
 
 def oracle(own: np.ndarray, other: np.ndarray, to_own: np.ndarray) -> np.ndarray:
@@ -75,11 +108,12 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a.astype(np.float64) - b) ** 2).mean())
 
 
-def measure(model, groups, options: list[FusionOptions], with_oracle: bool):
+def measure(model, groups, options: list[FusionOptions], kind: str):
     rates = model.spec.num_rates
-    names = ["network", *(f"fusion {o.agreement:g}" for o in options)] + (["oracle"] if with_oracle else [])
+    extra = {"warps": ["oracle"], "plazas": ["fusion, true alignment"]}[kind]
+    names = ["network", *(f"fusion {o.agreement:g}" for o in options), *extra]
     bits, err, pixels, seconds, n = np.zeros(rates), np.zeros((len(names), rates)), 0, 0.0, 0
-    for views, to_own in groups:
+    for views, truth in groups:
         v, h, w = views.shape[:3]
         x = torch.from_numpy(views).permute(0, 3, 1, 2).float().div(255).unsqueeze(0)  # (1, V, 3, H, W)
         pixels += v * h * w
@@ -88,15 +122,18 @@ def measure(model, groups, options: list[FusionOptions], with_oracle: bool):
                 out = model(x, torch.full((1, v), r))
             view_bits = -(out.likelihoods_y.log2().sum((2, 3, 4)) + out.likelihoods_z.log2().sum((2, 3, 4)))[0]
             bits[r] += float(view_bits.sum())
+            bpp = [float(b) / (h * w) for b in view_bits]
             net = list(out.x_hat[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
             decoded = [net]
             for o in options:
                 t0 = time.perf_counter()
-                decoded.append(fuse_views(net, [float(b) / (h * w) for b in view_bits], o))
+                decoded.append(fuse_views(net, bpp, o))
                 seconds += time.perf_counter() - t0
                 n += 1
-            if with_oracle:
-                decoded.append([oracle(net[0], net[1], to_own), oracle(net[1], net[0], np.linalg.inv(to_own))])
+            if kind == "warps":  # truth: the homography view 1 -> view 0
+                decoded.append([oracle(net[0], net[1], truth), oracle(net[1], net[0], np.linalg.inv(truth))])
+            else:  # truth: the scene's exact alignment, in place of the estimated flows
+                decoded.append(fuse_views(net, bpp, options[0], alignment=truth))
             for k, images in enumerate(decoded):
                 err[k, r] += sum(mse(a, b) * h * w for a, b in zip(images, views))
     bpp = bits / pixels
@@ -132,8 +169,8 @@ def time_fusion(size: tuple[int, int], views: int, repeat: int = 3) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="shared/codec/weights/ldmic-fast-lite-v5.safetensors")
-    p.add_argument("--corpus", required=True, help="mvic-corpus folder (its train split is used)")
-    p.add_argument("--scenes", required=True, help="glob of rendered plaza folders (<scene>/<camera>/<frame>.png)")
+    p.add_argument("--corpus", required=True, help="mvic-corpus folder (its train split is used, and its photos "
+                   "texture the plazas)")
     p.add_argument("--groups", type=int, default=8)
     p.add_argument("--agreement", type=float, nargs="+", default=[FusionOptions().agreement])
     p.add_argument("--time-size", default="1080x1920")
@@ -143,9 +180,9 @@ def main() -> None:
     model = load_model(args.weights)
     options = [FusionOptions(agreement=a) for a in args.agreement]
     print(f"weights {args.weights}; {args.groups} two-view groups per kind; one thread")
-    for kind, groups, with_oracle in (("warps", warp_groups(args.corpus, args.groups), True),
-                                      ("plazas", plaza_groups(args.scenes, args.groups), False)):
-        names, bpp, psnr, seconds = measure(model, groups, options, with_oracle)
+    for kind, groups in (("warps", warp_groups(args.corpus, args.groups)),
+                         ("plazas", plaza_groups(args.corpus, args.groups))):
+        names, bpp, psnr, seconds = measure(model, groups, options, kind)
         report(kind, names, bpp, psnr)
         print(f"fusion time: {seconds:.3f} s per group")
     th, tw = (int(s) for s in args.time_size.split("x"))

@@ -28,7 +28,7 @@ differ by more; the quality does not move (tests/shared/codec/test_fast_decode.p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -65,10 +65,18 @@ class FusionOptions:
 NO_FUSION = FusionOptions(enabled=False)
 
 
-def fuse_views(images: Sequence[np.ndarray], bpp: Sequence[float],
-               opts: FusionOptions = FusionOptions()) -> list[np.ndarray]:
+class Alignment(Protocol):
+    """Where the pixels of one view lie in another: ``pair(i, j)`` -> (H, W, 2) float32 offsets, full-size pixels."""
+
+    def pair(self, i: int, j: int) -> np.ndarray: ...
+
+
+def fuse_views(images: Sequence[np.ndarray], bpp: Sequence[float], opts: FusionOptions = FusionOptions(),
+               *, alignment: Alignment | None = None) -> list[np.ndarray]:
     """Fuse the reconstructions of one group's views, (H, W, 3) uint8 each, all of one size; ``bpp``: each view's
-    coded size in bits per pixel. Returns new images in the same order; one view (or fusion off) comes back as is."""
+    coded size in bits per pixel. Returns new images in the same order; one view (or fusion off) comes back as is.
+    ``alignment`` replaces the estimated flows (benchmarks/view_fusion.py passes a rendered scene's true geometry,
+    to tell what better alignment could gain)."""
     if len(images) != len(bpp):
         raise ValueError(f"fuse_views: {len(images)} images but {len(bpp)} rates")
     shapes = {im.shape for im in images}
@@ -76,7 +84,7 @@ def fuse_views(images: Sequence[np.ndarray], bpp: Sequence[float],
         raise ValueError(f"fuse_views needs (H, W, 3) uint8 images of one size, got {sorted(shapes)}")
     if len(images) < 2 or not opts.enabled:
         return list(images)
-    flows = _Flows(images, opts.max_side)
+    flows = alignment or _Flows(images, opts.max_side)
     out = []
     for i, image in enumerate(images):
         own = image.astype(np.float32) / 255  # (H, W, 3) in [0, 1]; one view and one partner in float at a time

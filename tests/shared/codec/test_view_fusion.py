@@ -52,6 +52,27 @@ def test_exposure_differences_are_matched_not_averaged_in():
     assert psnr(fused[1], clean[1]) > psnr(coded[1], clean[1]) + 1.0
 
 
+class _Shift:
+    """A given alignment: every pixel of view i lies ``shift`` pixels further along in view j (and back)."""
+
+    def __init__(self, shift, size):
+        self.shift, self.size = np.float32(shift), size
+
+    def pair(self, i: int, j: int) -> np.ndarray:
+        sign = 1 if i < j else -1
+        return np.broadcast_to(sign * self.shift, (*self.size, 2)).astype(np.float32)
+
+
+def test_a_given_alignment_replaces_the_estimated_one():
+    clean = _pair(shift=(9, 4))
+    coded = [_coded(c, seed=i) for i, c in enumerate(clean)]
+    # view 0's pixel (x, y) is view 1's (x - 9, y - 4)
+    true = fuse_views(coded, [0.3, 0.3], alignment=_Shift((-9, -4), (192, 256)))
+    assert all(psnr(a, c) > psnr(b, c) + 1.5 for a, b, c in zip(true, coded, clean))
+    wrong = fuse_views(coded, [0.3, 0.3], alignment=_Shift((40, 0), (192, 256)))  # the flows would have found it
+    assert all(np.abs(a.astype(np.int16) - b).mean() < 0.3 for a, b in zip(wrong, coded))
+
+
 def test_views_of_different_scenes_come_out_as_they_went_in():
     coded = [_coded(_texture(1)[:192, :256], seed=0), _coded(_texture(2)[:192, :256], seed=1)]
     fused = fuse_views(coded, [0.3, 0.3])
