@@ -33,7 +33,7 @@ from typing import Protocol, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["FusionOptions", "NO_FUSION", "fuse_views"]
+__all__ = ["Alignment", "FusionOptions", "NO_FUSION", "fuse_views"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def fuse_views(images: Sequence[np.ndarray], bpp: Sequence[float], opts: FusionO
         raise ValueError(f"fuse_views needs (H, W, 3) uint8 images of one size, got {sorted(shapes)}")
     if len(images) < 2 or not opts.enabled:
         return list(images)
-    flows = alignment or _Flows(images, opts.max_side)
+    flows = alignment if alignment is not None else _Flows(images, opts.max_side)
     out = []
     for i, image in enumerate(images):
         own = image.astype(np.float32) / 255  # (H, W, 3) in [0, 1]; one view and one partner in float at a time
