@@ -22,8 +22,6 @@ time per group on this CPU (one thread) at 512x512 and at 1080x1920 (``--time-si
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import time
 
 import cv2
@@ -31,8 +29,8 @@ import numpy as np
 import torch
 
 from mvic.shared.codec.registry import load_model
-from mvic.shared.scene import Scene, SceneConfig
 from mvic.shared.codec.view_fusion import FusionOptions, fuse_views
+from mvic.shared.scene import Scene, SceneConfig
 from mvic.tools.evaluation.bdrate import bd_rate
 from mvic.tools.training.photo_views import PhotoWarpGroups
 
@@ -64,19 +62,14 @@ class TrueGeometry:
     whose surface the other camera does not see land where the flows disagree, so the fusion leaves them out."""
 
     def __init__(self, scene: Scene, frame: int, cameras: list[int], top: int, height: int):
-        quads = scene.static + scene._object_quads(frame)
-        flat = [dataclasses.replace(q, texture=np.full((2, 2, 3), k + 1, np.uint8), shade=1.0)
-                for k, q in enumerate(quads)]  # surface k drawn in the grey level k + 1; the sky stays 0
-        ids = copy.copy(scene)
-        ids.sky = np.zeros_like(scene.sky)
-        self.quads, self.cameras = quads, [scene.cameras[c] for c in cameras]
-        self.ids = [ids._render_view(cam, flat)[top:top + height, ..., 0] for cam in self.cameras]
+        seen = [scene.surfaces(frame, c) for c in cameras]
+        self.quads, self.cameras = seen[0][0], [scene.cameras[c] for c in cameras]
+        self.ids = [ids[top:top + height] for _, ids in seen]
         self.crop = np.array([[1, 0, 0], [0, 1, -top], [0, 0, 1.0]])  # full view -> cropped pixels
 
     def _to_image(self, view: int, quad) -> np.ndarray:
         """The plane's coordinates (a, b, 1) -> cropped pixels of ``view``."""
-        cam, plane = self.cameras[view], np.stack([quad.u, quad.v, quad.origin], axis=1)
-        return self.crop @ cam.intrinsics @ (cam.rotation @ plane + np.outer(cam.translation, [0, 0, 1]))
+        return self.crop @ self.cameras[view].plane_to_image(np.stack([quad.u, quad.v, quad.origin], axis=1))
 
     def pair(self, i: int, j: int) -> np.ndarray:
         ids = self.ids[i]

@@ -18,6 +18,7 @@ plus the Middlebury motorcycle for the side building.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -65,6 +66,11 @@ class Camera:
     def to_camera(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) world -> (N, 3) camera coordinates (z forward)."""
         return points @ self.rotation.T + self.translation
+
+    def plane_to_image(self, plane: np.ndarray) -> np.ndarray:
+        """(3, 3) homography from a plane's coordinates (a, b, 1) to pixels; ``plane``'s columns are its two axes
+        and its origin in the world (p = a * axis_a + b * axis_b + origin)."""
+        return self.intrinsics @ (self.rotation @ plane + np.outer(self.translation, [0, 0, 1]))
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) world -> (N, 2) pixels (points must be in front of the camera)."""
@@ -229,8 +235,16 @@ class Scene:
         """(H, W, 3) uint8: one camera's view at this frame, equal to ``render(frame)[camera]`` at 1/K the cost."""
         return self._render_view(self.cameras[camera], self.static + self._object_quads(frame))
 
-    def _render_view(self, cam: Camera, quads: list[Quad]) -> np.ndarray:
-        img = self.sky.copy()
+    def surfaces(self, frame: int, camera: int) -> tuple[list[Quad], np.ndarray]:
+        """What camera ``camera`` sees at this frame: the scene's surfaces and an (H, W) uint8 map of which one
+        each pixel shows (k + 1 for surface k, 0 for the sky), for measurements that need the true geometry."""
+        quads = self.static + self._object_quads(frame)
+        flat = [dataclasses.replace(q, texture=np.full((2, 2, 3), k + 1, np.uint8), shade=1.0)
+                for k, q in enumerate(quads)]
+        return quads, self._render_view(self.cameras[camera], flat, np.zeros_like(self.sky))[..., 0]
+
+    def _render_view(self, cam: Camera, quads: list[Quad], sky: np.ndarray | None = None) -> np.ndarray:
+        img = (self.sky if sky is None else sky).copy()
         ground, rest = quads[:2], quads[2:]  # the two ground layers first, then far to near
         rest = sorted(rest, key=lambda q: -np.linalg.norm(q.corners().mean(0) - cam.center))
         for q in ground + rest:
@@ -250,8 +264,7 @@ class Scene:
             return
         th, tw = q.texture.shape[:2]
         # texture pixel (col, row) -> world -> image
-        plane = np.stack([q.u * q.size_u / tw, q.v * q.size_v / th, q.origin], axis=1)  # (3, 3)
-        hom = cam.intrinsics @ (cam.rotation @ plane + np.outer(cam.translation, [0, 0, 1]))
+        hom = cam.plane_to_image(np.stack([q.u * q.size_u / tw, q.v * q.size_v / th, q.origin], axis=1))
         warped = cv2.warpPerspective(q.texture, hom, (cfg.width, cfg.height), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_REFLECT)
         mask = np.zeros((cfg.height, cfg.width), np.uint8)

@@ -37,6 +37,23 @@ def test_cameras_overlap_on_the_plaza(k):
     assert [c.name for c in scene.cameras] == [f"C{i + 1}" for i in range(k)]
 
 
+def test_surfaces_say_which_plane_each_pixel_shows():
+    scene = Scene(SceneConfig(seed=2, cameras=3, height=96, width=160))
+    view = scene.render(0)[1]
+    quads, ids = scene.surfaces(0, camera=1)
+    sky = ids == 0
+    assert 0 < sky.mean() < 1 and (view[sky] == scene.sky[sky]).all()  # 0: the backdrop, as rendered
+    assert len(quads) == 4 + 5 * scene.config.objects  # ground layers, wall, building; 5 faces per box
+    ground = quads[1]  # surface 1, id 2: the plaza's paving; its pixels map back inside it
+    rows, cols = np.nonzero(ids == 2)
+    to_image = scene.cameras[1].plane_to_image(np.stack([ground.u, ground.v, ground.origin], axis=1))
+    ab = np.linalg.solve(to_image, np.stack([cols + 0.5, rows + 0.5, np.ones(len(rows))]))
+    a, b = ab[0] / ab[2], ab[1] / ab[2]
+    assert len(rows) > 100
+    assert -0.05 < a.min() and a.max() < ground.size_u + 0.05
+    assert -0.05 < b.min() and b.max() < ground.size_v + 0.05
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         SceneConfig(cameras=0)
