@@ -66,6 +66,8 @@ class TrueGeometry:
         self.quads, self.cameras = seen[0][0], [scene.cameras[c] for c in cameras]
         self.ids = [ids[top:top + height] for _, ids in seen]
         self.crop = np.array([[1, 0, 0], [0, 1, -top], [0, 0, 1.0]])  # full view -> cropped pixels
+        rig, (h, w) = scene.rig(), (scene.config.height, scene.config.width)
+        self.ground = [self.crop @ rig.ground(scene.cameras[c].name, h, w) for c in cameras]  # a calibrated rig's
 
     def _to_image(self, view: int, quad) -> np.ndarray:
         """The plane's coordinates (a, b, 1) -> cropped pixels of ``view``."""
@@ -103,7 +105,7 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
 
 def measure(model, groups, options: list[FusionOptions], kind: str):
     rates = model.spec.num_rates
-    extra = {"warps": ["oracle"], "plazas": ["fusion, true alignment"]}[kind]
+    extra = {"warps": ["oracle"], "plazas": ["fusion, calibrated ground", "fusion, true alignment"]}[kind]
     names = ["network", *(f"fusion {o.agreement:g}" for o in options), *extra]
     bits, err, pixels, seconds, n = np.zeros(rates), np.zeros((len(names), rates)), 0, 0.0, 0
     for views, truth in groups:
@@ -125,7 +127,8 @@ def measure(model, groups, options: list[FusionOptions], kind: str):
                 n += 1
             if kind == "warps":  # truth: the homography view 1 -> view 0
                 decoded.append([oracle(net[0], net[1], truth), oracle(net[1], net[0], np.linalg.inv(truth))])
-            else:  # truth: the scene's exact alignment, in place of the estimated flows
+            else:  # truth: the scene's calibration, then its exact alignment in place of the estimated flows
+                decoded.append(fuse_views(net, bpp, options[0], ground=truth.ground))
                 decoded.append(fuse_views(net, bpp, options[0], alignment=truth))
             for k, images in enumerate(decoded):
                 err[k, r] += sum(mse(a, b) * h * w for a, b in zip(images, views))

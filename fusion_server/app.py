@@ -39,6 +39,8 @@ from mvic.shared.codec.model import LDMIC
 from mvic.shared.addresses import is_loopback, split_host_port
 from mvic.shared.codec.registry import load_model, weights_source
 from mvic.shared.codec.view_fusion import FusionOptions
+from mvic.shared.ids import display
+from mvic.shared.rig import load_rig
 from mvic.shared.metrics_endpoint import start_metrics
 from mvic.shared.rpc import SERVICE_NAME, server_options
 from mvic.shared.rpc.hello import mvic_version
@@ -130,7 +132,11 @@ class FusionApp:
         model = await asyncio.to_thread(self._model_loader, device)
         # Entropy decoding runs on CPU workers: with a GPU for synthesis they get a CPU copy of the same weights.
         entropy_model = model if device == "cpu" else await asyncio.to_thread(self._model_loader, "cpu")
-        fusion = FusionOptions(enabled=c.decode.fusion, max_side=c.decode.fusion_max_side)
+        rig = load_rig(c.decode.rig) if c.decode.rig else None
+        if rig is not None:
+            log.info("rig %s: %d calibrated camera(s) (%s); the fusion aligns their ground", c.decode.rig,
+                     len(rig.cameras), display(", ".join(rig.cameras)))
+        fusion = FusionOptions(enabled=c.decode.fusion, max_side=c.decode.fusion_max_side, rig=rig)
         decoder = GroupDecoder(model, entropy_model, precision=c.decode.precision,
                                entropy_threads=c.decode.entropy_threads, fusion=fusion)
         self.core.attach_decoder(decoder, on_device_fault=self._device_fault)

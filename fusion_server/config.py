@@ -64,6 +64,8 @@ stage (receive -> group -> joint decode -> sink) its section. Errors start with 
       fusion: true                 # the views of a set lend each other detail where optical flow aligns them
                                    # (mvic.shared.codec.view_fusion; CPU, in the synthesis stage); false = JCT only
       fusion_max_side: 1024        # flows for the fusion are estimated at most at this long side (cost ~ its square)
+      rig: ""                      # the cameras' calibration (YAML, mvic.shared.rig; mvic-scene writes one): the
+                                   # fusion also aligns the ground exactly between calibrated cameras ("" = none)
     sinks:
       png: true                    # out/<camera>/<name>.png, written atomically; acks wait for it
       png_name: sequence           # sequence (zero-padded) or capture_ns
@@ -112,6 +114,7 @@ from mvic.shared.fileio import safe_name
 from mvic.shared.identity import DEFAULT_TRUST_DOMAIN, camera_identity
 from mvic.shared.ids import display, validate_camera_id
 from mvic.shared.model_table import DEFAULT_MODEL, MODELS_BY_NAME
+from mvic.shared.rig import load_rig
 from mvic.shared.rpc import DEFAULT_MAX_PACKET_BYTES, DEFAULT_PORT
 
 PNG_NAMES = ("sequence", "capture_ns")
@@ -158,6 +161,7 @@ class DecodeConfig:
     precision: str = "auto"
     fusion: bool = True
     fusion_max_side: int = 1024
+    rig: str = ""
 
 
 @dataclass(frozen=True)
@@ -283,6 +287,12 @@ def validate(c: ServerConfig) -> None:
     require(1 <= d.entropy_threads <= 64, "decode.entropy_threads", "must be 1..64")
     require(d.precision in ("auto", "fp32", "bf16"), "decode.precision", "must be auto, fp32 or bf16")
     require(32 <= d.fusion_max_side <= MAX_SIDE, "decode.fusion_max_side", f"must be 32..{MAX_SIDE}")
+    if d.rig:
+        require(Path(d.rig).is_file(), "decode.rig", f"{d.rig} is not a file")
+        try:
+            load_rig(d.rig)
+        except ConfigError as exc:
+            raise ConfigError(f"decode.rig: {exc}; fix the file or leave decode.rig empty") from None
     require(c.sinks.png_name in PNG_NAMES, "sinks.png_name", f"must be one of {', '.join(PNG_NAMES)}")
     require(0 < c.sinks.video_fps <= 1000, "sinks.video_fps", "must be in (0, 1000]")
     require(not c.http or bool(_HOST_PORT.match(c.http) or _PORT.match(c.http)), "http",

@@ -64,10 +64,11 @@ shipped_fast() {
   "$B/python" -c "from mvic.shared.codec.registry import default_weights as d; print(d('ldmic-fast-lite').path)"
 }
 
-# mvic-eval of weights file $2 on both held-out sets into eval/$1-<set>; the classical codecs are coded once
+# mvic-eval of weights file $2 on both held-out sets into eval/$1-<set>; the classical codecs are coded once; the
+# synthetic rig is calibrated (--rig scene: its server would read the cameras' calibration)
 evaluate() {
   [ -f "$runs/data/evaldata/manifest.json" ] || "$B/python" -m mvic.tools.evaluation.stereo_photos build -o "$runs/data/evaldata"
-  local synth=(--data synthetic --groups 2 --cameras 3 --size 270x480 --seed 1000)
+  local synth=(--data synthetic --groups 2 --cameras 3 --size 270x480 --seed 1000 --rig scene)
   local real=(--data stereo-photos --root "$runs/data/evaldata" --groups 5)
   local ds args
   for ds in synthetic stereo-photos; do

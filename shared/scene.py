@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from mvic.shared.fileio import write_atomic
+from mvic.shared.rig import CameraCalibration, Rig, rig_to_yaml
 
 NEAR = 0.1  # m
 
@@ -235,6 +236,11 @@ class Scene:
         """(H, W, 3) uint8: one camera's view at this frame, equal to ``render(frame)[camera]`` at 1/K the cost."""
         return self._render_view(self.cameras[camera], self.static + self._object_quads(frame))
 
+    def rig(self) -> Rig:
+        """The cameras' calibration (``mvic.shared.rig``): what a calibrated installation would know of itself."""
+        size = (self.config.width, self.config.height)
+        return Rig({c.name: CameraCalibration(size, c.intrinsics, c.rotation, c.translation) for c in self.cameras})
+
     def surfaces(self, frame: int, camera: int) -> tuple[list[Quad], np.ndarray]:
         """What camera ``camera`` sees at this frame: the scene's surfaces and an (H, W) uint8 map of which one
         each pixel shows (k + 1 for surface k, 0 for the sky), for measurements that need the true geometry."""
@@ -290,11 +296,12 @@ def _clip_near(poly: np.ndarray) -> np.ndarray:
 
 def write_scene(config: SceneConfig, frames: int, root, video: bool = False) -> list[str]:
     """Write ``frames`` timestamps as ``root/<camera>/<frame:06d>.png`` (the generic layout) or, with video=True,
-    one ``root/<camera>.mp4`` per camera. Returns the paths written. Files appear whole (written, then renamed)."""
+    one ``root/<camera>.mp4`` per camera, and the cameras' calibration as ``root/rig.yaml`` (``mvic.shared.rig``).
+    Returns the paths written. Files appear whole (written, then renamed)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     scene = Scene(config)
-    written: list[str] = []
+    written: list[str] = [str(write_atomic(root / "rig.yaml", rig_to_yaml(scene.rig()).encode()))]
     writers = {}
     try:
         for f in range(frames):

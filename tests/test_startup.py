@@ -22,6 +22,7 @@ COMMANDS = {
     "mvic-server --help": ("mvic.fusion_server.cli", ["--help"]),
     "mvic-codec --help": ("mvic.tools.codec_cli", ["--help"]),
     "mvic-codec info": ("mvic.tools.codec_cli", ["info", str(GOLDEN)]),
+    "mvic-rig --help": ("mvic.tools.rig_cli", ["--help"]),
 }
 
 _PROBE = """

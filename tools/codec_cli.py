@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu", help="torch device for decoding, e.g. cpu or cuda:0")
     d.add_argument("--no-fusion", action="store_true",
                    help="decode each set without the view fusion (the learned JCT alone)")
+    d.add_argument("--rig", type=Path, metavar="FILE",
+                   help="the cameras' calibration (mvic.shared.rig YAML, by camera id; mvic-scene writes one): the "
+                        "fusion also aligns the ground between calibrated views")
     model_args(d, with_model=False)
 
     i = sub.add_parser("info", help="print the header of .mvic files")
@@ -170,7 +173,9 @@ def _decode(args) -> int:
     import cv2
 
     from mvic.shared.codec.view_fusion import NO_FUSION, FusionOptions
+    from mvic.shared.rig import load_rig
 
+    fusion = NO_FUSION if args.no_fusion else FusionOptions(rig=load_rig(args.rig) if args.rig else None)
     views = _read_views(args.inputs)
     names = _output_names(args.inputs, views, args.unique_names)
     tolerance_ns = round(args.tolerance_ms * 1e6)
@@ -184,7 +189,6 @@ def _decode(args) -> int:
     spec = spec_by_id(views[0].header.model_id)
     model = _load(spec.name, args).to(args.device)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    fusion = NO_FUSION if args.no_fusion else FusionOptions()
     t0 = time.perf_counter()
     for joint in sets:
         members = list(joint.members)

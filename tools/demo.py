@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mvic.shared.codec.images import psnr, read_rgb
 from mvic.shared.model_table import DEFAULT_MODEL
+from mvic.shared.rig import rig_to_yaml
 from mvic.shared.scene import Scene, SceneConfig
 
 DEMO_SEED = 2026  # a scene no training run uses (training: seeds 0..15, evaluation: >= 1000 below this)
@@ -196,9 +197,21 @@ class Demo:
             # one torch thread per decode thread: the server's entropy workers and its synthesis thread already run
             # side by side, and seven encoders share the cores (OpenMP teams that wait for each other's threads on
             # an oversubscribed CPU are what made the demo slow); bf16 synthesis where the CPU has it natively
-            "decode": {"torch_threads": a.server_threads, "precision": a.decode_precision, "fusion": not a.no_fusion},
+            "decode": {"torch_threads": a.server_threads, "precision": a.decode_precision, "fusion": not a.no_fusion,
+                       "rig": self.rig_file()},
         })
         self._spawn("server", ["mvic.fusion_server.cli", "--config", str(cfg)])
+
+    def rig_file(self) -> str:
+        """The cameras' calibration for the server: --rig, else the synthetic scene's own (none for WildTrack or
+        with --no-rig)."""
+        if self.args.rig:
+            return str(Path(self.args.rig).resolve())
+        if self.args.wildtrack or self.args.no_rig:
+            return ""
+        path = self.out / "config" / "rig.yaml"
+        path.write_text(rig_to_yaml(Scene(self.scene).rig()))
+        return str(path)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -310,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="270x480", help="synthetic view size HxW (default %(default)s)")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="synthetic scene seed (default %(default)s)")
     p.add_argument("--wildtrack", type=Path, metavar="DIR", help="use the WildTrack videos in DIR instead")
+    p.add_argument("--rig", type=Path, metavar="FILE", help="the cameras' calibration for the server's decode.rig "
+                   "(mvic.shared.rig YAML; default: the synthetic scene's own, none for --wildtrack)")
+    p.add_argument("--no-rig", action="store_true", help="the server fuses without the scene's calibration")
     p.add_argument("--model", default=DEFAULT_MODEL, help="architecture (default %(default)s)")
     p.add_argument("--weights", help="weights file (default: the installed trained weights)")
     p.add_argument("--rate", type=int, default=2, help="rate index 0..4 (default %(default)s)")

@@ -361,7 +361,9 @@ def _fused(views: list[DecodedView], bpp: Sequence[float], fusion: FusionOptions
         by_shape.setdefault(view.image.shape, []).append(i)
     out = list(views)
     for members in by_shape.values():
-        images = fuse_views([views[i].image for i in members], [bpp[i] for i in members], fusion)
+        h, w = views[members[0]].image.shape[:2]
+        ground = None if fusion.rig is None else [fusion.rig.ground(views[i].header.camera_id, h, w) for i in members]
+        images = fuse_views([views[i].image for i in members], [bpp[i] for i in members], fusion, ground=ground)
         for i, image in zip(members, images):
             out[i] = DecodedView(views[i].header, image)
     return out

@@ -11,6 +11,7 @@ import yaml
 from mvic.fusion_server import cli
 from mvic.fusion_server.config import ConfigError, load_config
 from mvic.shared.config import to_dict
+from mvic.shared.scene import SceneConfig, write_scene
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -45,6 +46,7 @@ def test_empty_weights_flag_means_the_installed_weights(tmp_path, monkeypatch):
     ("decode: {entropy_threads: 0}\n", "decode.entropy_threads: must be 1..64"),
     ("decode: {fusion_max_side: 16}\n", "decode.fusion_max_side: must be 32.."),
     ("decode: {fusion: maybe}\n", "decode.fusion"),
+    ("decode: {rig: /nonexistent/rig.yaml}\n", "decode.rig: /nonexistent/rig.yaml is not a file"),
     ("sinks: {png: 1}\n", "sinks.png"),
     ("device: gpu0\n", "device"),
     ("cameras: [C1, C1]\n", "cameras"),
@@ -56,6 +58,17 @@ def test_bad_config_names_the_key(tmp_path, text, key):
     path = tmp_path / "server.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=key):
+        load_config(path)
+
+
+def test_a_rig_file_is_read_at_load_and_a_bad_one_refused_naming_its_key(tmp_path):
+    rig = tmp_path / "rig.yaml"
+    write_scene(SceneConfig(seed=1, cameras=2, height=64, width=96), 0, tmp_path)
+    path = tmp_path / "server.yaml"
+    path.write_text(f"decode: {{rig: {rig}}}\n")
+    assert load_config(path).decode.rig == str(rig)
+    rig.write_text("cameras: {C1: {size: [96, 64], intrinsics: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}}\n")
+    with pytest.raises(ConfigError, match=r"decode\.rig: .*cameras\.C1: needs exactly"):
         load_config(path)
 
 

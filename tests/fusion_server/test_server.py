@@ -15,9 +15,11 @@ import pytest
 from mvic.fusion_server.acks import JOURNAL_NAME
 from mvic.fusion_server.sinks import FrameSinks
 from mvic.shared.bitstream import unpack
+from mvic.shared.codec import model as model_module
 from mvic.shared.codec.registry import load_model
 from mvic.shared.codec.view_fusion import NO_FUSION
 from mvic.shared.rpc import mvic_pb2 as pb
+from mvic.shared.scene import SceneConfig, write_scene
 from tests.fusion_server.conftest import CAMERAS
 from tests.fusion_server.harness import MiniNode, ServerThread, server_config
 
@@ -80,6 +82,27 @@ def test_decode_entropy_threads_reach_the_decoder(tmp_path, weights, encoder, vi
             assert node.wait_acked(2), f"{cam} acked only {node.acked}"
             assert _pngs(out, cam) == [f"{s:010d}.png" for s in (1, 2)]
         assert seen and set(seen) == {3}
+        for node in nodes.values():
+            node.close()
+    finally:
+        srv.stop()
+
+
+def test_the_rig_reaches_the_fusion_by_camera_id(tmp_path, weights, encoder, views, monkeypatch):
+    """``decode.rig``: the fusion of each view set gets each calibrated camera's ground by the views' camera ids."""
+    out = tmp_path / "out"
+    write_scene(SceneConfig(seed=1, cameras=3, height=64, width=96), 0, tmp_path / "scene")
+    seen = []
+    real = model_module.fuse_views
+    monkeypatch.setattr(model_module, "fuse_views", lambda *a, **kw: seen.append(kw["ground"]) or real(*a, **kw))
+    base = server_config(out, weights)
+    rig = str(tmp_path / "scene" / "rig.yaml")
+    srv = ServerThread(server_config(out, weights, decode=replace(base.decode, rig=rig))).start()
+    try:
+        nodes = _send_rounds(srv, encoder, views, 2)
+        for cam, node in nodes.items():
+            assert node.wait_acked(2), f"{cam} acked only {node.acked}"
+        assert seen and all(len(g) == 3 and all(h is not None for h in g) for g in seen)
         for node in nodes.values():
             node.close()
     finally:

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from mvic.shared.rig import load_rig
 from mvic.shared.scene import Scene, SceneConfig, main
 
 SMALL = dict(height=72, width=128, objects=4)
@@ -61,10 +62,20 @@ def test_bad_settings_are_refused():
         SceneConfig(height=4)
 
 
+def test_the_rig_maps_the_ground_where_each_camera_renders_it():
+    scene = Scene(SceneConfig(seed=4, cameras=3, height=90, width=160))
+    rig = scene.rig()
+    point = np.array([1.0, -2.0, 0.0])  # on the plaza
+    for cam in scene.cameras:
+        seen = rig.ground(cam.name, 90, 160) @ np.array([1.0, -2.0, 1.0])
+        np.testing.assert_allclose(seen[:2] / seen[2], cam.project(point[None])[0], atol=1e-9)
+
+
 def test_cli_writes_the_generic_layout(tmp_path, capsys):
     assert main(["-o", str(tmp_path), "--frames", "2", "--cameras", "3", "--size", "40x64"]) == 0
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
     assert files == [f"C{c}/{f:06d}.png" for c in (1, 2, 3) for f in (0, 1)]
+    assert list(load_rig(tmp_path / "rig.yaml").cameras) == ["C1", "C2", "C3"]
     assert cv2.imread(str(tmp_path / "C2" / "000001.png")).shape == (40, 64, 3)
     assert "3 cameras x 2 frames" in capsys.readouterr().out
 

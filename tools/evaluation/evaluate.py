@@ -28,6 +28,8 @@ from pytorch_msssim import ms_ssim
 from mvic.shared.bitstream import pack, unpack
 from mvic.shared.codec.registry import load_model
 from mvic.shared.codec.view_fusion import NO_FUSION, FusionOptions
+from mvic.shared.errors import ConfigError
+from mvic.shared.rig import Rig, load_rig
 from mvic.tools.evaluation import baselines as bl
 from mvic.tools.evaluation.bdrate import bd_quality, bd_rate
 from mvic.tools.evaluation.stereo_photos import StereoPhotoGroups
@@ -60,20 +62,23 @@ def _quality(refs: list[np.ndarray], decs: list[np.ndarray]) -> tuple[float, flo
     return p, float(ms_ssim(a, b, data_range=255.0))
 
 
-#: --fusion: the joint decodings measured, by row name
-JOINT_ROWS = {"on": {"mvic-joint": FusionOptions()}, "off": {"mvic-joint": NO_FUSION},
-              "both": {"mvic-joint": FusionOptions(), "mvic-joint-jct": NO_FUSION}}
+def joint_rows(fusion: str, rig: Rig | None = None) -> dict[str, FusionOptions]:
+    """--fusion: the joint decodings measured, by row name (the fusion with the cameras' calibration, if any)."""
+    fused = FusionOptions(rig=rig)
+    return {"on": {"mvic-joint": fused}, "off": {"mvic-joint": NO_FUSION},
+            "both": {"mvic-joint": fused, "mvic-joint-jct": NO_FUSION}}[fusion]
 
 
 def evaluate(model, groups: list[list[np.ndarray]], baselines: list[str], precision: str = "auto",
-             fusion: str = "both") -> list[RDRow]:
+             fusion: str = "both", rig: Rig | None = None) -> list[RDRow]:
+    """Every group's views are cameras C1, C2, ... in order (the ids ``rig`` knows them by)."""
     rows = []
     pixels = sum(v.shape[0] * v.shape[1] for g in groups for v in g)
-    joint_rows = JOINT_ROWS[fusion]
+    fusions = joint_rows(fusion, rig)
     for rate in range(model.spec.num_rates):
         nbytes, enc_t, dec_alone_t = 0, 0.0, 0.0
-        dec_t = dict.fromkeys(joint_rows, 0.0)
-        q_joint: dict[str, list] = {name: [] for name in joint_rows}
+        dec_t = dict.fromkeys(fusions, 0.0)
+        q_joint: dict[str, list] = {name: [] for name in fusions}
         q_alone = []
         for group in groups:
             t0 = time.perf_counter()
@@ -82,7 +87,7 @@ def evaluate(model, groups: list[list[np.ndarray]], baselines: list[str], precis
             enc_t += time.perf_counter() - t0
             nbytes += sum(len(p) for p in packets)
             views = [unpack(p) for p in packets]
-            for name, options in joint_rows.items():
+            for name, options in fusions.items():
                 t0 = time.perf_counter()
                 joint = [d.image for d in model.decompress(views, fusion=options)]
                 dec_t[name] += time.perf_counter() - t0
@@ -92,7 +97,7 @@ def evaluate(model, groups: list[list[np.ndarray]], baselines: list[str], precis
             dec_alone_t += time.perf_counter() - t0
             q_alone.append(_quality(group, alone))
         n_views = sum(len(g) for g in groups)
-        decodings = [(name, q_joint[name], dec_t[name]) for name in joint_rows]
+        decodings = [(name, q_joint[name], dec_t[name]) for name in fusions]
         for name, q, t in (*decodings, ("mvic-separate", q_alone, dec_alone_t)):
             rows.append(RDRow(name, rate, 8 * nbytes / pixels, float(np.mean([x[0] for x in q])),
                               float(np.mean([x[1] for x in q])), enc_t / n_views, t / len(groups)))
@@ -195,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encode-precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="arithmetic of the camera-side transforms g_a, h_a (auto: bf16 where the CPU has it natively); "
                         "compare two runs to measure what a faster encoder costs in BD-rate")
-    p.add_argument("--fusion", default="both", choices=sorted(JOINT_ROWS),
+    p.add_argument("--rig", default="", metavar="FILE|scene",
+                   help="the cameras' calibration for the fusion (mvic.shared.rig YAML; its ids are C1, C2, ... in the "
+                        "groups' order), or 'scene': the synthetic scene's own, as a calibrated installation's server "
+                        "would read it (default: none)")
+    p.add_argument("--fusion", default="both", choices=["both", "off", "on"],
                    help="the joint decoding with the view fusion (on), without (off), or both as two rows (mvic-joint, "
                         "mvic-joint-jct)")
     p.add_argument("-o", "--output", type=Path, default=Path("results/eval"))
@@ -205,9 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = load_model(args.weights)
+    if args.rig == "scene" and args.data != "synthetic":
+        build_parser().error("--rig scene is for --data synthetic; give the rig's file for other data")
+    try:
+        rig = load_rig(args.rig) if args.rig not in ("", "scene") else None
+    except ConfigError as exc:
+        build_parser().error(str(exc))
     if args.data == "synthetic":
         h, w = (int(s) for s in args.size.split("x"))
         source = SyntheticGroups(SceneConfig(seed=args.seed, cameras=args.cameras, height=h, width=w), args.groups)
+        if args.rig == "scene":
+            rig = source.rig()
     elif args.data == "stereo-photos":
         source = StereoPhotoGroups(args.root or "evaldata")
     else:
@@ -219,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in unavailable.items():
         print(f"baseline {name} unavailable, skipped: {why}")
     rows = evaluate(model, groups, [b for b in args.baselines if b not in unavailable], args.encode_precision,
-                    args.fusion)
+                    args.fusion, rig)
     bd = bd_table(rows)
     write_outputs(rows, bd, args.output, unavailable)
     print(f"{'codec':<16}{'setting':>8}{'bpp':>9}{'PSNR':>8}{'MS-SSIM':>9}{'enc s/view':>11}")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mvic.shared.codec.images import read_rgb
+from mvic.shared.rig import Rig
 from mvic.shared.scene import Scene, SceneConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -101,6 +102,12 @@ class SyntheticGroups:
 
     def __len__(self) -> int:
         return self.frames * len(self._scenes)
+
+    def rig(self) -> Rig:
+        """The cameras' calibration (``Scene.rig``), for one scene: another's cameras stand elsewhere, same ids."""
+        if len(self._scenes) != 1:
+            raise ValueError(f"{len(self._scenes)} scenes have {len(self._scenes)} rigs; ask one scene's")
+        return self._scenes[0].rig()
 
     def group(self, index: int) -> np.ndarray:
         views = self._cache.get(index)

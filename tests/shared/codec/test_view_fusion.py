@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
+from mvic.shared.codec import model as model_module
 from mvic.shared.codec.images import psnr
 from mvic.shared.codec.view_fusion import NO_FUSION, FusionOptions, fuse_views
+from mvic.shared.scene import Scene, SceneConfig
 
 
 def _texture(seed: int, h: int = 224, w: int = 288) -> np.ndarray:
@@ -73,6 +75,40 @@ def test_a_given_alignment_replaces_the_estimated_one():
     assert all(np.abs(a.astype(np.int16) - b).mean() < 0.3 for a, b in zip(wrong, coded))
 
 
+def _plaza():
+    """Two neighbouring cameras of a rendered plaza (wide baseline), JPEG-coded as stand-ins for decoded views;
+    their rig, and which pixels show the ground."""
+    scene = Scene(SceneConfig(seed=0, cameras=4, height=192, width=320))
+    clean = list(scene.render(0)[1:3])
+    coded = [cv2.imdecode(cv2.imencode(".jpg", v, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_COLOR) for v in clean]
+    ground = [np.isin(scene.surfaces(0, c)[1], [1, 2]) for c in (1, 2)]
+    return clean, coded, scene.rig(), ground
+
+
+def _ground_psnr(images, clean, ground) -> list[float]:
+    return [psnr(im[g], c[g]) for im, c, g in zip(images, clean, ground)]
+
+
+def test_a_calibrated_pair_aligns_its_ground_where_the_features_cannot():
+    clean, coded, rig, ground = _plaza()
+    before = _ground_psnr(coded, clean, ground)
+    estimated = _ground_psnr(fuse_views(coded, [0.5, 0.5]), clean, ground)
+    calibrated = _ground_psnr(fuse_views(coded, [0.5, 0.5], ground=[rig.ground(c, 192, 320) for c in ("C2", "C3")]),
+                              clean, ground)
+    assert all(abs(e - b) < 0.1 for e, b in zip(estimated, before))  # the feature homography finds no ground
+    assert all(c > b + 0.3 for c, b in zip(calibrated, before))
+
+
+def test_a_wrong_or_partial_calibration_lends_nothing_and_harms_nothing():
+    clean, coded, rig, ground = _plaza()
+    estimated = fuse_views(coded, [0.5, 0.5])
+    swapped = fuse_views(coded, [0.5, 0.5], ground=[rig.ground(c, 192, 320) for c in ("C3", "C2")])
+    for s, e, c, g in zip(swapped, estimated, clean, ground):
+        assert abs(psnr(s[g], c[g]) - psnr(e[g], c[g])) < 0.05
+    one = fuse_views(coded, [0.5, 0.5], ground=[rig.ground("C2", 192, 320), None])  # one camera uncalibrated
+    assert all(np.array_equal(a, b) for a, b in zip(one, estimated))
+
+
 def test_views_of_different_scenes_come_out_as_they_went_in():
     coded = [_coded(_texture(1)[:192, :256], seed=0), _coded(_texture(2)[:192, :256], seed=1)]
     fused = fuse_views(coded, [0.3, 0.3])
@@ -115,6 +151,12 @@ def test_bad_input_is_refused_with_what_was_wrong():
         fuse_views([a, np.zeros((64, 80, 3), np.uint8)], [0.1, 0.1])
     with pytest.raises(ValueError, match="uint8"):
         fuse_views([a, a.astype(np.float32)], [0.1, 0.1])
+    with pytest.raises(ValueError, match="ground needs one"):
+        fuse_views([a, a], [0.1, 0.1], ground=[np.eye(3)])
+    with pytest.raises(ValueError, match="ground needs one"):
+        fuse_views([a, a], [0.1, 0.1], ground=[np.eye(3), np.eye(2)])
+    with pytest.raises(ValueError, match="ground needs one"):
+        fuse_views([a, a], [0.1, 0.1], ground=[np.eye(3), np.full((3, 3), np.nan)])
     with pytest.raises(ValueError, match="2 images but 1 rates"):
         fuse_views([a, a], [0.1])
     with pytest.raises(ValueError, match="window=0"):
@@ -131,6 +173,20 @@ def test_the_joint_decoder_fuses_each_group_by_its_views_own_rates(codec_pair):
     expected = fuse_views([d.image for d in plain], bpp)
     assert all(np.array_equal(d.image, e) for d, e in zip(dec.decompress(views), expected))
     assert np.array_equal(dec.decompress(views[:1])[0].image, dec.decompress(views[:1], fusion=NO_FUSION)[0].image)
+
+
+def test_the_joint_decoder_finds_each_views_calibration_by_its_camera_id(codec_pair, monkeypatch):
+    enc, dec = codec_pair
+    clean, _, rig, _ = _plaza()
+    views = [enc.compress_view(clean[1], 2, camera_id="C3"), enc.compress_view(clean[0], 2, camera_id="C2"),
+             enc.compress_view(clean[0], 2, camera_id="C9")]  # C9: not in the rig
+    given = []
+    monkeypatch.setattr(model_module, "fuse_views", lambda *a, **kw: given.append(kw["ground"]) or fuse_views(*a, **kw))
+    dec.decompress(views, fusion=FusionOptions(rig=rig))
+    assert [None if g is None else g.tolist() for g in given[0]] == [
+        rig.ground("C3", 192, 320).tolist(), rig.ground("C2", 192, 320).tolist(), None]
+    dec.decompress(views)
+    assert given[1] is None  # no rig, no ground
 
 
 def test_views_of_one_padded_size_but_different_sizes_decode_together(codec_pair):

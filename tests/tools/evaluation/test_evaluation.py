@@ -79,6 +79,25 @@ def test_mvic_eval_end_to_end(tiny_weights, tmp_path, capsys):
     assert "Bjontegaard vs x265-intra-444" in capsys.readouterr().out
 
 
+def test_mvic_eval_hands_the_fusion_the_rig_it_is_given(tiny_weights, tmp_path, monkeypatch, capsys):
+    from mvic.shared.codec import model as model_module
+    from mvic.tools.evaluation.evaluate import main
+
+    given = []
+    real = model_module.fuse_views
+    monkeypatch.setattr(model_module, "fuse_views", lambda *a, **kw: given.append(kw["ground"]) or real(*a, **kw))
+    common = ["--weights", str(tiny_weights["test-tiny-fast"]), "--groups", "1", "--cameras", "2", "--size", "64x96",
+              "--baselines", "--fusion", "on", "-o", str(tmp_path / "eval")]
+    assert main([*common, "--rig", "scene"]) == 0
+    assert given and all(g is not None for ground in given for g in ground)  # C1, C2 of the scene's own rig
+    given.clear()
+    assert main(common) == 0
+    assert given and all(ground is None for ground in given)
+    with pytest.raises(SystemExit):
+        main([*common, "--data", "stereo-photos", "--rig", "scene"])
+    assert "--rig scene is for --data synthetic" in capsys.readouterr().err
+
+
 def test_bjontegaard_tables_for_psnr_msssim_and_equal_rate():
     from mvic.tools.evaluation.evaluate import ANCHOR, RDRow, bd_table
 
