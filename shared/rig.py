@@ -30,7 +30,7 @@ from mvic.shared.config import read_yaml, require
 from mvic.shared.errors import ConfigError, IdError
 from mvic.shared.ids import display, validate_camera_id
 
-__all__ = ["CameraCalibration", "Rig", "load_rig", "rig_to_yaml"]
+__all__ = ["CameraCalibration", "Rig", "load_rig", "rig_to_yaml", "sees_shared_ground"]
 
 MAX_CAMERAS = 1024
 MAX_SIDE = 1 << 16
@@ -71,6 +71,15 @@ class Rig:
         # pixel centres are at integer coordinates: a resize maps x to (x + 0.5) * s - 0.5
         scale = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
         return scale @ cal.ground_to_image(self.ground_z)
+
+
+def sees_shared_ground(ground_a: np.ndarray, ground_b: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(...) bool: whether camera a's pixels ``points`` (..., 2) look at the ground in front of camera a and of
+    camera b (``ground_*``: their ``Rig.ground`` homographies). A ground homography maps (X, Y, 1) to
+    depth * (u, v, 1), so its inverse gives (X, Y, 1) / depth: negative above the horizon."""
+    pixels = np.concatenate([points, np.ones(points.shape[:-1] + (1,))], axis=-1).astype(np.float64)
+    plane = pixels @ np.linalg.inv(ground_a).T  # (X, Y, 1) / depth_a
+    return (plane[..., 2] > 0) & (plane @ ground_b[2] > 0)  # depth_b / depth_a
 
 
 def load_rig(path: str | Path) -> Rig:

@@ -85,3 +85,14 @@ def random_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     up = np.kron(coarse, np.ones((8, 8, 1), np.float32))[:h, :w]
     up = np.pad(up, ((0, h - up.shape[0]), (0, w - up.shape[1]), (0, 0)), mode="edge")
     return np.clip(up + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def fusion_grounds(monkeypatch) -> list:
+    """The ``ground`` the joint decoder hands the view fusion, one entry per ``fuse_views`` call (which still runs)."""
+    from mvic.shared.codec import model as model_module
+
+    calls: list = []
+    real = model_module.fuse_views
+    monkeypatch.setattr(model_module, "fuse_views", lambda *a, **kw: calls.append(kw["ground"]) or real(*a, **kw))
+    return calls

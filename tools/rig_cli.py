@@ -20,7 +20,7 @@ import numpy as np
 
 from mvic.shared.errors import ConfigError
 from mvic.shared.fileio import write_atomic
-from mvic.shared.rig import Rig, load_rig, parse_rig, rig_to_yaml
+from mvic.shared.rig import Rig, load_rig, parse_rig, rig_to_yaml, sees_shared_ground
 
 WILDTRACK_CAMERAS = ("CVLab1", "CVLab2", "CVLab3", "CVLab4", "IDIAP1", "IDIAP2", "IDIAP3")
 WILDTRACK_SIZE = [1920, 1080]
@@ -64,18 +64,23 @@ def wildtrack_rig(root: Path) -> Rig:
     return parse_rig({"cameras": cameras}, f"WildTrack rig from {root}")
 
 
+def _transform(hom: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 2) points through a homography (cv2.perspectiveTransform without loading cv2)."""
+    mapped = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ hom.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return mapped[:, :2] / mapped[:, 2:]
+
+
 def shared_ground(rig: Rig, a: str, b: str, height: int, width: int, step: int = 8) -> float:
     """The share of camera ``a``'s pixels (every ``step``-th) that look at the ground where camera ``b`` sees it."""
     ga, gb = rig.ground(a, height, width), rig.ground(b, height, width)
     if ga is None or gb is None:
         return 0.0
     ys, xs = np.mgrid[0:height:step, 0:width:step]
-    pixels = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)], axis=1).astype(np.float64)
-    plane = pixels @ np.linalg.inv(ga).T  # (X, Y, 1) / depth in a
-    there = plane @ gb.T  # depth_b / depth_a * (u, v, 1) in b
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u, v = there[:, 0] / there[:, 2], there[:, 1] / there[:, 2]
-    seen = (plane[:, 2] > 0) & (there[:, 2] > 0) & (u >= 0) & (u <= width - 1) & (v >= 0) & (v <= height - 1)
+    pixels = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    there = _transform(gb @ np.linalg.inv(ga), pixels)
+    seen = sees_shared_ground(ga, gb, pixels) & (there[:, 0] >= 0) & (there[:, 0] <= width - 1) \
+        & (there[:, 1] >= 0) & (there[:, 1] <= height - 1)
     return float(seen.mean())
 
 

@@ -38,7 +38,7 @@ from typing import Protocol, Sequence
 import cv2
 import numpy as np
 
-from mvic.shared.rig import Rig
+from mvic.shared.rig import Rig, sees_shared_ground
 
 __all__ = ["Alignment", "FusionOptions", "NO_FUSION", "fuse_views"]
 
@@ -178,20 +178,13 @@ class _Flows:
             there = cv2.perspectiveTransform((self.grid + rest).reshape(-1, 1, 2), hom).reshape(rest.shape)
             flow = there - self.grid
             if k == 1:  # the ground's: nowhere else (above the horizon it maps to points behind the cameras)
-                flow[~self._on_ground(i, j, self.grid + rest)] = -1e5  # far outside view j: no partner there
+                seen = sees_shared_ground(self.ground[i], self.ground[j], self.grid + rest)
+                flow[~seen] = -1e5  # far outside view j: no partner there
             self._done[(i, j, k)] = flow
         flow = self._done[(i, j, k)]
         if self.scale < 1:
             flow = cv2.resize(flow, self.size, interpolation=cv2.INTER_LINEAR) / self.scale
         return flow
-
-    def _on_ground(self, i: int, j: int, points: np.ndarray) -> np.ndarray:
-        """(h, w) bool: view i's pixels ``points`` (h, w, 2) see the ground in front of camera i and of camera j.
-        ``ground`` maps (X, Y, 1) to z * (u, v, 1), z the depth in that camera, so its inverse gives (X, Y, 1) / z."""
-        ones = np.ones(points.shape[:2] + (1,), np.float64)
-        plane = np.concatenate([points, ones], axis=-1) @ np.linalg.inv(self.ground[i]).T  # (h, w, 3)
-        depth_j = plane @ self.ground[j][2]  # z_j / z_i
-        return (plane[..., 2] > 0) & (depth_j > 0)
 
     def _homography(self, i: int, j: int) -> np.ndarray:
         if (j, i) in self._homographies:  # one fit per pair of views: the way back is its inverse

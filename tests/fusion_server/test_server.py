@@ -15,7 +15,6 @@ import pytest
 from mvic.fusion_server.acks import JOURNAL_NAME
 from mvic.fusion_server.sinks import FrameSinks
 from mvic.shared.bitstream import unpack
-from mvic.shared.codec import model as model_module
 from mvic.shared.codec.registry import load_model
 from mvic.shared.codec.view_fusion import NO_FUSION
 from mvic.shared.rpc import mvic_pb2 as pb
@@ -88,13 +87,11 @@ def test_decode_entropy_threads_reach_the_decoder(tmp_path, weights, encoder, vi
         srv.stop()
 
 
-def test_the_rig_reaches_the_fusion_by_camera_id(tmp_path, weights, encoder, views, monkeypatch):
+def test_the_rig_reaches_the_fusion_by_camera_id(tmp_path, weights, encoder, views, fusion_grounds):
     """``decode.rig``: the fusion of each view set gets each calibrated camera's ground by the views' camera ids."""
     out = tmp_path / "out"
     write_scene(SceneConfig(seed=1, cameras=3, height=64, width=96), 0, tmp_path / "scene")
-    seen = []
-    real = model_module.fuse_views
-    monkeypatch.setattr(model_module, "fuse_views", lambda *a, **kw: seen.append(kw["ground"]) or real(*a, **kw))
+    seen = fusion_grounds
     base = server_config(out, weights)
     rig = str(tmp_path / "scene" / "rig.yaml")
     srv = ServerThread(server_config(out, weights, decode=replace(base.decode, rig=rig))).start()

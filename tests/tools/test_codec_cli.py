@@ -148,16 +148,13 @@ def test_decode_without_fusion_writes_the_networks_joint_output(tiny_weights, tm
             assert np.array_equal(png, d.image)
 
 
-def test_decode_with_a_rig_fuses_with_the_cameras_calibration(tiny_weights, tmp_path, monkeypatch, capsys):
-    from mvic.shared.codec import model as model_module
+def test_decode_with_a_rig_fuses_with_the_cameras_calibration(tiny_weights, tmp_path, fusion_grounds, capsys):
     from mvic.shared.scene import SceneConfig, write_scene
 
     w = tiny_weights["test-tiny-fast"]
     paths = _encode_views(tmp_path, w, [("c1", "C1", 7, 10**9, 1), ("c2", "C2", 7, 10**9, 1)])
     write_scene(SceneConfig(seed=1, cameras=2, height=64, width=96), 0, tmp_path / "scene")  # its rig.yaml only
-    given = []
-    real = model_module.fuse_views
-    monkeypatch.setattr(model_module, "fuse_views", lambda *a, **kw: given.append(kw["ground"]) or real(*a, **kw))
+    given = fusion_grounds
     rig = tmp_path / "scene" / "rig.yaml"
     assert main(["decode", *map(str, paths), "-o", str(tmp_path / "dec"), "--weights", str(w), "--rig", str(rig)]) == 0
     assert len(given) == 1 and all(g is not None and g.shape == (3, 3) for g in given[0])

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 
-from mvic.shared.codec import model as model_module
 from mvic.shared.codec.images import psnr
 from mvic.shared.codec.view_fusion import NO_FUSION, FusionOptions, fuse_views
 from mvic.shared.scene import Scene, SceneConfig
@@ -175,13 +174,12 @@ def test_the_joint_decoder_fuses_each_group_by_its_views_own_rates(codec_pair):
     assert np.array_equal(dec.decompress(views[:1])[0].image, dec.decompress(views[:1], fusion=NO_FUSION)[0].image)
 
 
-def test_the_joint_decoder_finds_each_views_calibration_by_its_camera_id(codec_pair, monkeypatch):
+def test_the_joint_decoder_finds_each_views_calibration_by_its_camera_id(codec_pair, fusion_grounds):
     enc, dec = codec_pair
     clean, _, rig, _ = _plaza()
     views = [enc.compress_view(clean[1], 2, camera_id="C3"), enc.compress_view(clean[0], 2, camera_id="C2"),
              enc.compress_view(clean[0], 2, camera_id="C9")]  # C9: not in the rig
-    given = []
-    monkeypatch.setattr(model_module, "fuse_views", lambda *a, **kw: given.append(kw["ground"]) or fuse_views(*a, **kw))
+    given = fusion_grounds
     dec.decompress(views, fusion=FusionOptions(rig=rig))
     assert [None if g is None else g.tolist() for g in given[0]] == [
         rig.ground("C3", 192, 320).tolist(), rig.ground("C2", 192, 320).tolist(), None]

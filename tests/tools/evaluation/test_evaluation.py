@@ -79,13 +79,10 @@ def test_mvic_eval_end_to_end(tiny_weights, tmp_path, capsys):
     assert "Bjontegaard vs x265-intra-444" in capsys.readouterr().out
 
 
-def test_mvic_eval_hands_the_fusion_the_rig_it_is_given(tiny_weights, tmp_path, monkeypatch, capsys):
-    from mvic.shared.codec import model as model_module
+def test_mvic_eval_hands_the_fusion_the_rig_it_is_given(tiny_weights, tmp_path, fusion_grounds, capsys):
     from mvic.tools.evaluation.evaluate import main
 
-    given = []
-    real = model_module.fuse_views
-    monkeypatch.setattr(model_module, "fuse_views", lambda *a, **kw: given.append(kw["ground"]) or real(*a, **kw))
+    given = fusion_grounds
     common = ["--weights", str(tiny_weights["test-tiny-fast"]), "--groups", "1", "--cameras", "2", "--size", "64x96",
               "--baselines", "--fusion", "on", "-o", str(tmp_path / "eval")]
     assert main([*common, "--rig", "scene"]) == 0
