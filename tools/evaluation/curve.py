@@ -81,7 +81,7 @@ def read_csv(path: Path) -> list[CurvePoint]:
 def write_csv(path: Path, points: list[CurvePoint]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")  # one line ending, as git and diff expect
         w.writerow([fl.name for fl in fields(CurvePoint)])
         for p in points:
             w.writerow([p.label, p.dataset, p.steps, *(f"{getattr(p, fl.name):.4g}" for fl in fields(CurvePoint)[3:])])
