@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mvic.shared.codec.images import psnr as image_psnr
+from mvic.shared.codec.images import to_pixels
 from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import load_model
 from mvic.shared.scene import SceneConfig
@@ -51,9 +53,8 @@ def plaza_groups(groups: int) -> Tensor:
 
 
 def psnr(x_hat: Tensor, x: Tensor) -> float:
-    """On 8-bit images, as mvic-eval measures."""
-    mse = ((x_hat.clamp(0, 1) * 255).round() / 255 - x).pow(2).mean()
-    return float(-10 * torch.log10(mse))
+    """On 8-bit images, as mvic-eval measures (over every view at once)."""
+    return image_psnr(to_pixels(x_hat), to_pixels(x))
 
 
 def synthesis_ceiling(model: LDMIC, x: Tensor, steps: int) -> float:

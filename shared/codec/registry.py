@@ -98,6 +98,20 @@ def weights_source(weights: str | Path | None, model: str) -> Path | WeightsReco
     return Path(weights) if weights else default_weights(model)
 
 
+def sidecar_record_path(weights: Path) -> Path:
+    """Where an exported weights file's record waits until mvic-publish moves it into records.json."""
+    return weights.with_name(weights.name + ".record.json")
+
+
+def write_sidecar_record(weights: Path, digest: str, model: str, metric: str, recipe: str) -> Path:
+    """Write the registry record (nothing measured yet) of an exported weights file beside it; returns its path."""
+    record = {"name": weights.stem, "file": weights.name, "sha256": digest, "model": model, "metric": metric,
+              "measured": [], "recipe": recipe}
+    path = sidecar_record_path(weights)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

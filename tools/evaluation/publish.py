@@ -89,7 +89,7 @@ def find_record(weights: Path) -> WeightsRecord:
     if weights.resolve().parent != registry.WEIGHTS_DIR.resolve():
         raise WeightsError(f"{weights} is not in {registry.WEIGHTS_DIR}; copy it there (records.json lists only "
                            "shipped files) and run again")
-    listing, sidecar = _listing(), weights.with_name(weights.name + ".record.json")
+    listing, sidecar = _listing(), registry.sidecar_record_path(weights)
     entries = json.loads(listing.read_text()) if listing.is_file() else []
     known = [e for e in entries if e.get("file") == weights.name]
     if known:

@@ -13,14 +13,13 @@ either end (Wortsman et al. 2022, "model soups"). Both files must hold the same 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 import torch
 
-from mvic.shared.codec.registry import export_weights, load_model
+from mvic.shared.codec.registry import export_weights, load_model, write_sidecar_record
 from mvic.shared.errors import MVICError
 
 #: tensors sized and filled by update() from the blended parameters, and the masks the architecture fixes
@@ -38,10 +37,8 @@ def blend(start: Path, end: Path, weight: float, out: Path) -> str:
             if tensor.is_floating_point() and not key.endswith(REBUILT):
                 tensor.lerp_(target[key], weight)
     digest = export_weights(model, out, fp16_kernels=True)
-    record = {"name": out.stem, "file": out.name, "sha256": digest, "model": model.spec.name, "metric": "mse",
-              "measured": [], "recipe": f"{start.name} blended {weight:g} of the way to {end.name} "
-                                        "(python -m mvic.tools.training.blend)"}
-    out.with_name(out.name + ".record.json").write_text(json.dumps(record, indent=1) + "\n")
+    recipe = f"{start.name} blended {weight:g} of the way to {end.name} (python -m mvic.tools.training.blend)"
+    write_sidecar_record(out, digest, model.spec.name, "mse", recipe)
     return digest
 
 

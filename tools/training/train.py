@@ -28,7 +28,7 @@ from pytorch_msssim import ms_ssim
 from tqdm import tqdm
 
 from mvic.shared.codec.model import LDMIC, RDOutput
-from mvic.shared.codec.registry import export_weights
+from mvic.shared.codec.registry import export_weights, write_sidecar_record
 from mvic.shared.config import to_dict
 from mvic.shared.errors import ConfigError, WeightsError
 from mvic.shared.model_table import ContextModel, spec_by_name
@@ -332,10 +332,8 @@ def export_run(run_dir: Path, out: Path, fp16_kernels: bool = False) -> str:
     digest = export_weights(model.eval(), out, fp16_kernels=fp16_kernels)
     info = _run_info(run_dir)
     config = info.get("config", {})
-    record = {"name": out.stem, "file": out.name, "sha256": digest, "model": model.spec.name,
-              "metric": config.get("optim", {}).get("metric", "mse"), "measured": [],
-              "recipe": f"mvic-train run {run_dir.name}, step {info.get('step', '?')}, config {json.dumps(config)}"}
-    out.with_name(out.name + ".record.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_sidecar_record(out, digest, model.spec.name, config.get("optim", {}).get("metric", "mse"),
+                         f"mvic-train run {run_dir.name}, step {info.get('step', '?')}, config {json.dumps(config)}")
     return digest
 
 
