@@ -17,7 +17,14 @@
 #                                      # $MVIC_REFRESH_NICE, e.g. 5 to come before the campaign) in
 #                                      # lite-ar-from-<FAST>/ (resumed), export, mvic-eval, BD against FAST; with AR
 #                                      # (older AR weights), the new run starts from FAST with AR's entropy model
-#                                      # (python -m mvic.tools.training.graft)
+#                                      # (python -m mvic.tools.training.graft); FAST with a refinement head
+#                                      # hands it on (ldmic-lite-r)
+#   scripts/campaign.sh head MINUTES [FAST [AR]]  # the decoder-only refinement head (ldmic-fast-lite-r) on FAST's
+#                                      # frozen transforms and bits (default: the shipped fast weights; a file with a
+#                                      # head goes on training it): MINUTES of configs/refine-head-fast-lite.yaml at nice
+#                                      # 19 (or $MVIC_HEAD_NICE) in head-on-<FAST>/ (resumed), export, mvic-eval, BD
+#                                      # against FAST; with AR (autoregressive weights of FAST's transforms) also AR with
+#                                      # that head (ldmic-lite-r, a record beside it), measured the same way
 # Everything lives outside the work tree, under $MVIC_RUNS (default /var/tmp/mvic-runs):
 #   data/corpus, data/scenes/s*   the training data, built once with the project's own tools
 #   fast-lite/                    the run folder (checkpoint with the weights' average, log.csv)
@@ -59,9 +66,16 @@ lineage() {
   if [ -f "$run.lineage" ]; then cat "$run.lineage"; else echo "12347 5.06"; fi
 }
 
-# the shipped ldmic-fast-lite weights file
+# the shipped weights file of the default model (the fast one: ldmic-fast-lite's transforms, with or without a head)
 shipped_fast() {
-  "$B/python" -c "from mvic.shared.codec.registry import default_weights as d; print(d('ldmic-fast-lite').path)"
+  "$B/python" -c "from mvic.shared.codec.registry import default_weights as d; from mvic.shared.model_table import \
+DEFAULT_MODEL as m; print(d(m).path)"
+}
+
+# whether weights file $1 holds a decoder-only refinement head (ldmic-fast-lite-r, ldmic-lite-r)
+has_head() {
+  "$B/python" -c "import sys; from safetensors import safe_open; f = safe_open(sys.argv[1], 'pt'); \
+sys.exit(0 if any(k.startswith('refine_head.') for k in f.keys()) else 1)" "$1"
 }
 
 # mvic-eval of weights file $2 on both held-out sets into eval/$1-<set>; the classical codecs are coded once; the
@@ -169,6 +183,11 @@ case "${1:-status}" in
     (cd "$runs" && nice -n "${MVIC_REFRESH_NICE:-19}" "$B/mvic-train" --config "$repo/configs/refresh-lite-ar.yaml" \
       --run "$runs/$name" --init-from "$start" --max-minutes "$minutes" --quiet)
     "$B/mvic-train" --run "$runs/$name" --export "$runs/exports/$name.safetensors" --fp16-kernels
+    if has_head "$fast"; then  # FAST decodes with a refinement head: the refreshed AR weights get the same one
+      "$B/python" -m mvic.tools.training.graft --base "$runs/exports/$name.safetensors" --take "$fast" \
+        --prefixes refine_head. --model ldmic-lite-r --record -o "$runs/exports/$name-r.safetensors"
+      name=$name-r
+    fi
     rm -rf "$runs/eval/$name-synthetic" "$runs/eval/$name-stereo-photos"
     evaluate "$stem" "$fast"
     evaluate "$name" "$runs/exports/$name.safetensors"
@@ -176,9 +195,37 @@ case "${1:-status}" in
       "$B/python" -m mvic.tools.evaluation.compare --anchor "$runs/eval/$stem-$ds" --test "$runs/eval/$name-$ds"
     done
     exit 0 ;;
+  head)
+    minutes=${2:?usage: campaign.sh head MINUTES [FAST_WEIGHTS [AR_WEIGHTS]]}
+    [ -f "$runs/data/corpus/manifest.json" ] || {
+      echo "campaign: no training data under $runs/data; scripts/campaign.sh start builds it (then stop it if need be)" >&2
+      exit 1; }
+    fast=$(realpath "${3:-$(shipped_fast)}")
+    stem=$(basename "$fast" .safetensors)
+    name=head-on-$stem
+    mkdir -p "$runs/exports" "$runs/eval"
+    (cd "$runs" && nice -n "${MVIC_HEAD_NICE:-19}" "$B/mvic-train" --config "$repo/configs/refine-head-fast-lite.yaml" \
+      --run "$runs/$name" --init-from "$fast" --max-minutes "$minutes" --quiet)
+    "$B/mvic-train" --run "$runs/$name" --export "$runs/exports/$name.safetensors" --fp16-kernels
+    tested=("$name")
+    if [ -n "${4:-}" ]; then  # the AR weights with this head: same transforms, their own entropy model
+      ar_name=$(basename "$4" .safetensors)-with-$name
+      "$B/python" -m mvic.tools.training.graft --base "$4" --take "$runs/exports/$name.safetensors" \
+        --prefixes refine_head. --model ldmic-lite-r --record -o "$runs/exports/$ar_name.safetensors"
+      tested+=("$ar_name")
+    fi
+    evaluate "$stem" "$fast"
+    for t in "${tested[@]}"; do
+      rm -rf "$runs/eval/$t-synthetic" "$runs/eval/$t-stereo-photos"
+      evaluate "$t" "$runs/exports/$t.safetensors"
+      for ds in synthetic stereo-photos; do
+        "$B/python" -m mvic.tools.evaluation.compare --anchor "$runs/eval/$stem-$ds" --test "$runs/eval/$t-$ds"
+      done
+    done
+    exit 0 ;;
   start) ;;
   *) echo "usage: campaign.sh start [INIT] | status | stop | export | anneal STEPS | rebase INIT STEPS HOURS" \
-          "| refresh-ar MINUTES [FAST [AR]]" >&2
+          "| refresh-ar MINUTES [FAST [AR]] | head MINUTES [FAST [AR]]" >&2
      exit 2 ;;
 esac
 

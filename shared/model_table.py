@@ -35,6 +35,7 @@ class ModelSpec:
     m: int  # channels of the latent y
     context: ContextModel
     lambdas: tuple[float, ...] = PAPER_LAMBDAS  # one rate point per lambda, index 0 = lowest rate
+    refine: int = 0  # channels of the decoder-only refinement head (refine_head.py); 0: none
 
     @property
     def num_rates(self) -> int:
@@ -48,9 +49,14 @@ _SPECS: tuple[ModelSpec, ...] = (
     # Lighter encoders for CPU cameras: about a quarter of the paper's analysis cost at the same resolution.
     ModelSpec(3, "ldmic-fast-lite", 96, 128, ContextModel.CHECKERBOARD),
     ModelSpec(4, "ldmic-lite", 96, 128, ContextModel.AUTOREGRESSIVE),
+    # The lite models' cameras and bitstreams with more synthesis on the server (a refinement head of 64 channels).
+    ModelSpec(5, "ldmic-fast-lite-r", 96, 128, ContextModel.CHECKERBOARD, refine=64),
+    ModelSpec(6, "ldmic-lite-r", 96, 128, ContextModel.AUTOREGRESSIVE, refine=64),
     # Tiny architectures for tests and CI (randomly initialised; never shipped).
     ModelSpec(0xF001, "test-tiny-fast", 16, 24, ContextModel.CHECKERBOARD),
     ModelSpec(0xF002, "test-tiny-ar", 16, 24, ContextModel.AUTOREGRESSIVE),
+    ModelSpec(0xF003, "test-tiny-fast-r", 16, 24, ContextModel.CHECKERBOARD, refine=8),
+    ModelSpec(0xF004, "test-tiny-ar-r", 16, 24, ContextModel.AUTOREGRESSIVE, refine=8),
 )
 
 #: The architecture every tool uses when none is named: the camera-friendly checkerboard model whose trained weights

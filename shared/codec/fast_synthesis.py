@@ -68,15 +68,16 @@ def _fold_gdn(module: nn.Module) -> nn.Module:
 
 
 def bf16_synthesis(modules: tuple[nn.Module, ...]) -> tuple[nn.Module, ...]:
-    """bf16 channels-last copies of the synthesis modules in order (jct_1, synthesis_1, jct_2, synthesis_2), GDNs
-    folded, the last convolution shifted by -``OUTPUT_SHIFT``; kept on the first module until a weight changes."""
+    """bf16 channels-last copies of the synthesis modules in order (jct_1, synthesis_1, jct_2, synthesis_2[,
+    refine_head]), GDNs folded, synthesis_2's last convolution shifted by -``OUTPUT_SHIFT``; kept on the first module
+    until a weight changes."""
     key = tuple((t.data_ptr(), t._version, t.device) for m in modules for t in (*m.parameters(), *m.buffers()))
     cached = modules[0].__dict__.get("_mvic_bf16_synthesis")
     if cached is not None and cached[0] == key:
         return cached[1]
     copies = [_fold_gdn(copy.deepcopy(m)).eval() for m in modules]
     copies[0].__dict__.pop("_mvic_bf16_synthesis", None)  # a stale copy's copy
-    last = copies[-1][-1]  # synthesis_2's last deconvolution: 3 channels in [0, 1]
+    last = copies[3][-1]  # synthesis_2's last deconvolution: 3 channels in [0, 1]
     with torch.no_grad():
         last.bias -= OUTPUT_SHIFT
     copies = tuple(c.to(torch.bfloat16, memory_format=torch.channels_last) for c in copies)

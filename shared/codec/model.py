@@ -47,6 +47,7 @@ from mvic.shared.codec.images import crop, to_padded_tensor, to_pixels
 from mvic.shared.codec.jct import JointContextTransfer
 from mvic.shared.codec.latent_codec import ExactLatents, HyperpriorLatentCodec, StreamFloor
 from mvic.shared.codec.records import DecodedView, GroupLatents, RDOutput
+from mvic.shared.codec.refine_head import RefineHead
 from mvic.shared.codec.transforms import (
     Precision,
     analysis,
@@ -84,6 +85,7 @@ class LDMIC(CompressionModel):
         self.synthesis_1 = synthesis_first_half(n, m)
         self.jct_2 = JointContextTransfer(n)
         self.synthesis_2 = synthesis_second_half(n)
+        self.refine_head = RefineHead(n, spec.refine) if spec.refine else None  # decoder only (refine_head.py)
         self.weights_hash: bytes | None = None  # set by the registry when weights are loaded from a file
 
     @property
@@ -119,17 +121,23 @@ class LDMIC(CompressionModel):
         """(B*V, M, h, w) -> (B, V, 3, 16h, 16w), joint over the V views of each group. ``precision``: FP32 runs the
         modules as trained, BF16 their bf16 channels-last copy (fast_synthesis.py); float32 out either way."""
         modules = (self.jct_1, self.synthesis_1, self.jct_2, self.synthesis_2)
+        if self.refine_head is not None:
+            modules += (self.refine_head,)
         low = precision is Precision.BF16
         if low:
             modules = bf16_synthesis(modules)
             y_hat = y_hat.to(torch.bfloat16, memory_format=torch.channels_last)  # (B*V, M, h, w)
-        jct_1, synthesis_1, jct_2, synthesis_2 = modules
+        jct_1, synthesis_1, jct_2, synthesis_2, *head = modules
         f = jct_1(y_hat.view(b, v, *y_hat.shape[1:]))  # (B, V, M, h, w)
         f = synthesis_1(f.flatten(0, 1))  # (B*V, N, 4h, 4w)
         f = jct_2(f.view(b, v, *f.shape[1:]))  # (B, V, N, 4h, 4w)
-        x_hat = synthesis_2(f.flatten(0, 1))  # (B*V, 3, 16h, 16w)
+        f = synthesis_2[:-1](f.flatten(0, 1))  # (B*V, N, 8h, 8w)
+        x_hat = synthesis_2[-1](f)  # (B*V, 3, 16h, 16w)
         if low:
-            x_hat = x_hat.float().add_(OUTPUT_SHIFT).contiguous()  # the copy's last layer is shifted by -0.5
+            x_hat = x_hat.float().add_(OUTPUT_SHIFT)  # the copy's last layer is shifted by -0.5
+        if head:
+            x_hat = x_hat + head[0](f).float()  # the refinement head's correction (refine_head.py)
+        x_hat = x_hat.contiguous()
         return x_hat.view(b, v, *x_hat.shape[1:])  # (B, V, 3, 16h, 16w)
 
     def _rates(self, rate: Tensor | int, b: int, v: int) -> Tensor:

@@ -9,13 +9,16 @@ streams) over all pixels of all views; PSNR is on 8-bit images, per view, averag
 data_range 255) where every side is > 160 px. Joint vs separate: the same MVIC packets decoded as a group and one
 view at a time (K = 1). ``--fusion`` (default both): the joint rows with the decoder's view fusion (``mvic-joint``,
 the product's decoder) and, with ``both``, also without it (``mvic-joint-jct``: the learned JCT alone). A baseline whose encoder this ffmpeg lacks is reported and skipped (results.json lists it).
-BD-rates (PCHIP) are against x265 intra 4:4:4. Writes results.json, results.csv and rd.png.
+BD-rates (PCHIP) are against x265 intra 4:4:4. Writes results.json, results.csv and rd.png; results.json holds
+``groups_sha256``, a digest of every evaluated view, so ``--baselines-from DIR`` can take the classical codecs' rows
+from an earlier run on the very same images (other weights) instead of coding them again, and refuses any other.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -155,12 +158,44 @@ def bd_table(rows: list[RDRow], anchor: str = ANCHOR) -> dict[str, dict[str, flo
     return out
 
 
+def groups_digest(groups: list[list[np.ndarray]]) -> str:
+    """sha256 over every view's shape and pixels, group by group: the identity of an evaluation's images."""
+    digest = hashlib.sha256()
+    for group in groups:
+        digest.update(f"group {len(group)};".encode())
+        for view in group:
+            digest.update(f"{view.shape}{view.dtype};".encode())
+            digest.update(np.ascontiguousarray(view).tobytes())
+    return digest.hexdigest()
+
+
+def reused_baselines(source: Path, digest: str, names: list[str]) -> list[RDRow]:
+    """The rows of the classical codecs ``names`` from ``source`` (an mvic-eval folder or its results.json), which
+    must have measured the same images (``groups_sha256``); ConfigError saying what to do otherwise."""
+    path = source / "results.json" if source.is_dir() else source
+    try:
+        data = json.loads(path.read_text())
+        rows = [RDRow(**r) for r in data["rows"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--baselines-from {source}: not an mvic-eval results.json ({exc})") from None
+    if data.get("groups_sha256") != digest:
+        raise ConfigError(f"--baselines-from {source} measured other images (groups_sha256 "
+                          f"{str(data.get('groups_sha256'))[:16]}…, these are {digest[:16]}…): run mvic-eval with the "
+                          "same --data, --root, --groups, --cameras, --size and --seed, or code the baselines here")
+    taken = [r for r in rows if r.codec in names]
+    missing = sorted(set(names) - {r.codec for r in taken})
+    if missing:
+        raise ConfigError(f"--baselines-from {source} has no rows of {', '.join(missing)}; drop them from --baselines "
+                          "or code them here")
+    return taken
+
+
 def write_outputs(rows: list[RDRow], bd: dict[str, dict[str, float]], out: Path,
-                  unavailable: dict[str, str] | None = None) -> None:
+                  unavailable: dict[str, str] | None = None, digest: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "bjontegaard": bd,
-                                                  "unavailable_baselines": unavailable or {}},
-                                                 indent=1, allow_nan=True))
+                                                  "unavailable_baselines": unavailable or {},
+                                                  "groups_sha256": digest}, indent=1, allow_nan=True))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(list(asdict(rows[0])))
@@ -207,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", default="both", choices=["both", "off", "on"],
                    help="the joint decoding with the view fusion (on), without (off), or both as two rows (mvic-joint, "
                         "mvic-joint-jct)")
+    p.add_argument("--baselines-from", type=Path, default=None, metavar="DIR",
+                   help="take the --baselines rows from an earlier mvic-eval of the same images (its results.json's "
+                        "groups_sha256 must match) instead of coding them again")
     p.add_argument("-o", "--output", type=Path, default=Path("results/eval"))
     return p
 
@@ -232,13 +270,20 @@ def main(argv: list[str] | None = None) -> int:
     n = min(args.groups, len(source))
     idx = np.linspace(0, len(source) - 1, n).round().astype(int)
     groups = [list(source.group(int(i))) for i in idx]
-    unavailable = {name: why for name in args.baselines if (why := bl.unavailable(name))}
+    digest = groups_digest(groups)
+    reused: list[RDRow] = []
+    if args.baselines_from is not None:
+        try:
+            reused = reused_baselines(args.baselines_from, digest, args.baselines)
+        except ConfigError as exc:
+            build_parser().error(str(exc))
+    unavailable = {} if reused else {name: why for name in args.baselines if (why := bl.unavailable(name))}
     for name, why in unavailable.items():
         print(f"baseline {name} unavailable, skipped: {why}")
-    rows = evaluate(model, groups, [b for b in args.baselines if b not in unavailable], args.encode_precision,
-                    args.fusion, rig)
+    coded = [] if reused else [b for b in args.baselines if b not in unavailable]
+    rows = evaluate(model, groups, coded, args.encode_precision, args.fusion, rig) + reused
     bd = bd_table(rows)
-    write_outputs(rows, bd, args.output, unavailable)
+    write_outputs(rows, bd, args.output, unavailable, digest)
     print(f"{'codec':<16}{'setting':>8}{'bpp':>9}{'PSNR':>8}{'MS-SSIM':>9}{'enc s/view':>11}")
     for r in rows:
         print(f"{r.codec:<16}{r.setting:>8g}{r.bpp:>9.4f}{r.psnr_db:>8.2f}{r.ms_ssim:>9.4f}{r.encode_s_per_view:>11.3f}")

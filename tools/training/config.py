@@ -36,7 +36,8 @@ class OptimConfig:
     lr_time_fractions: tuple[float, ...] = ()  # with --max-minutes: lr *= lr_gamma once these shares have passed
     clip: float = 1.0  # gradient norm clipping
     max_steps: int = 100_000
-    metric: str = "mse"  # mse | ms-ssim (lambda_ms-ssim = lambda_mse / 32: 8..128 as in the paper)
+    metric: str = "mse"  # mse | ms-ssim (lambda_ms-ssim = lambda_mse / 32: 8..128 as in the paper) | psnr (decoder-
+    # only runs: -PSNR per group, no lambda, as the bits cannot move; train.check_metric)
     amp: str = "off"  # off | bf16 | auto (bf16 on CUDA and on CPUs with AMX/AVX-512-BF16); entropy model in float32
     # convolutions in channels-last memory format: off | on | auto (on CUDA and on CPUs with AVX-512, where it was
     # measured faster; not on AVX2-only CPUs, where it was measured slower: benchmarks/results-train-speed-cpu.md)

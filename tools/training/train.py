@@ -65,8 +65,10 @@ def rd_loss(out: RDOutput, x: torch.Tensor, rate: torch.Tensor, lambdas: torch.T
         sim = ms_ssim(x_hat.flatten(0, 1).clamp(0, 1), x.flatten(0, 1), data_range=1.0, size_average=False)
         distortion = 1 - sim.view(b, v).mean(dim=1)
         lam = lam / 32
+    elif metric == "psnr":  # a decoder-only run (DECODER_ONLY): the bits cannot move, so no lambda trades them
+        return (10 * torch.log10(mse.clamp_min(1e-10))).mean(), bpp.mean(), mse.mean()
     else:
-        raise ValueError(f"metric must be mse or ms-ssim, got {metric!r}")
+        raise ValueError(f"metric must be mse, ms-ssim or psnr, got {metric!r}")
     return (lam * distortion + bpp).mean(), bpp.mean(), mse.mean()
 
 
@@ -96,9 +98,26 @@ def use_channels_last(setting: str, device: str) -> bool:
 ENTROPY_MODEL_PREFIXES = ("h_a.", "h_s.", "entropy_bottleneck.", "context.")
 
 
+#: What the ``psnr`` metric may train: modules after the entropy decoder, which change the pictures and never the bits.
+DECODER_ONLY = ("refine_head.", "jct_1.", "synthesis_1.", "jct_2.", "synthesis_2.")
+
+
+def check_metric(model: LDMIC, metric: str) -> None:
+    """``optim.metric: psnr`` (-PSNR per group, every rate point and every kind of image weighing the same in dB)
+    only where nothing that codes the bits trains: ValueError naming the first parameter that does."""
+    if metric != "psnr":
+        return
+    coding = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(DECODER_ONLY)]
+    if coding:
+        raise ValueError(f"optim.metric psnr has no rate term, but {coding[0]} trains and moves the bits; set "
+                         f"optim.train_only to decoder modules ({', '.join(DECODER_ONLY)}) or use metric mse")
+
+
 def train_only(model: LDMIC, prefixes: tuple[str, ...], frozen: tuple[str, ...] = ()) -> bool:
     """``optim.train_only`` and ``optim.frozen``: freeze every parameter whose name starts with none of ``prefixes``
-    (none when empty) or with one of ``frozen``; the entropy bottleneck's quantiles always follow their aux loss.
+    (none when empty) or with one of ``frozen``; the entropy bottleneck's quantiles follow their aux loss whenever
+    its density trains (else they stay, and with them the medians z is rounded around: a run of the refinement head
+    alone keeps every bit of its starting weights).
     True when only the entropy model trains: the run may then skip the synthesis (``rd_loss`` of a rate-only
     forward)."""
     if not prefixes and not frozen:
@@ -111,8 +130,9 @@ def train_only(model: LDMIC, prefixes: tuple[str, ...], frozen: tuple[str, ...] 
             raise ValueError(f"optim.{key}: {unknown} name no parameter of {model.spec.name} (its modules: "
                              f"{', '.join(tops)})")
     for name, param in model.named_parameters():
-        trains = (not prefixes or name.startswith(tuple(prefixes))) and not name.startswith(tuple(frozen))
-        param.requires_grad_(trains or name.endswith("quantiles"))
+        param.requires_grad_((not prefixes or name.startswith(tuple(prefixes))) and not name.startswith(tuple(frozen)))
+    if any(p.requires_grad for n, p in model.entropy_bottleneck.named_parameters() if not n.endswith("quantiles")):
+        model.entropy_bottleneck.quantiles.requires_grad_(True)  # they follow the density they bound (aux loss)
     return all(n.startswith(ENTROPY_MODEL_PREFIXES) for n, p in model.named_parameters() if p.requires_grad)
 
 
@@ -165,8 +185,9 @@ def init_weights(model: LDMIC, source: Path) -> None:
 
     Tensors whose name and shape match are taken, except the masked context convolution's mask: it belongs to the
     architecture (checkerboard or causal raster), so a fast <-> autoregressive start keeps the model's own and the
-    layer re-masks the copied weights. CDF tables of an exported file are taken whatever their size. Anything else
-    missing is an error.
+    layer re-masks the copied weights. CDF tables of an exported file are taken whatever their size. A refinement head
+    the source lacks (head-less weights into ``ldmic-fast-lite-r``) keeps its zero start. Anything else missing is an
+    error.
     """
     state = load_state(source)
     own = model.state_dict()
@@ -174,6 +195,8 @@ def init_weights(model: LDMIC, source: Path) -> None:
     taken = {k: v for k, v in state.items()
              if k in own and not k.endswith(".mask") and (own[k].shape == v.shape or k.endswith(cdf_tables))}
     taken.update({k: v for k, v in own.items() if k.endswith(".mask")})
+    # a refinement head the source lacks starts as initialised, adding nothing (refine_head.py)
+    taken.update({k: v for k, v in own.items() if k.startswith("refine_head.") and k not in taken})
     missing = sorted(set(own) - set(taken))
     if missing:
         raise ValueError(f"{source} lacks {len(missing)} tensors of {model.spec.name} (e.g. {missing[0]})")
@@ -220,6 +243,7 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     if use_channels_last(cfg.optim.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
     rate_only = train_only(model, cfg.optim.train_only, cfg.optim.frozen)
+    check_metric(model, cfg.optim.metric)
     if cfg.optim.ar_two_pass:
         if spec.context is not ContextModel.AUTOREGRESSIVE:
             raise ValueError(f"optim.ar_two_pass is for autoregressive models; {spec.name} is {spec.context.value}")
@@ -227,12 +251,12 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
     if rate_only:
         print(f"optim.train_only {list(cfg.optim.train_only)}, frozen {list(cfg.optim.frozen)}: the entropy model "
               "alone trains, on the bits (no synthesis)", file=sys.stderr)
-    aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
+    aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles") and p.requires_grad]
     groups = param_groups(model, cfg.optim.gain_lr_scale)
     main_params = [p for g in groups for p in g["params"]]
     opt = torch.optim.Adam(groups, lr=cfg.optim.lr)
-    aux_opt = torch.optim.Adam(aux_params, lr=cfg.optim.aux_lr)
-    optimizers = {"main": opt, "aux": aux_opt}
+    aux_opt = torch.optim.Adam(aux_params, lr=cfg.optim.aux_lr) if aux_params else None
+    optimizers = {"main": opt} if aux_opt is None else {"main": opt, "aux": aux_opt}
     ema = WeightsEMA(model, cfg.optim.ema) if cfg.optim.ema else None
     step = load_checkpoint(run_dir, model, optimizers, ema) if resuming else 0
     old_ladder = starting_ladder(cfg, run_dir if resuming else None, spec.lambdas)
@@ -279,9 +303,10 @@ def train(cfg: RunConfig, run_dir: Path, device: str = "cpu", max_minutes: float
             torch.nn.utils.clip_grad_norm_(main_params, cfg.optim.clip)
             opt.step()
             aux = model.aux_loss()
-            aux_opt.zero_grad(set_to_none=True)
-            aux.backward()
-            aux_opt.step()
+            if aux_opt is not None:
+                aux_opt.zero_grad(set_to_none=True)
+                aux.backward()
+                aux_opt.step()
             if ema is not None:
                 ema.update()
             step += 1
@@ -332,7 +357,8 @@ def export_run(run_dir: Path, out: Path, fp16_kernels: bool = False) -> str:
     digest = export_weights(model.eval(), out, fp16_kernels=fp16_kernels)
     info = _run_info(run_dir)
     config = info.get("config", {})
-    write_sidecar_record(out, digest, model.spec.name, config.get("optim", {}).get("metric", "mse"),
+    metric = config.get("optim", {}).get("metric", "mse")
+    write_sidecar_record(out, digest, model.spec.name, "mse" if metric == "psnr" else metric,
                          f"mvic-train run {run_dir.name}, step {info.get('step', '?')}, config {json.dumps(config)}")
     return digest
 

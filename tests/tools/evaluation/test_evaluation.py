@@ -107,3 +107,31 @@ def test_bjontegaard_tables_for_psnr_msssim_and_equal_rate():
     assert set(bd) == {"psnr", "ms-ssim-db", "bd-psnr-db"} and ANCHOR not in bd["psnr"]
     assert abs(bd["psnr"]["mvic-separate"] + 20) < 0.5 and abs(bd["ms-ssim-db"]["mvic-joint"] + 30) < 0.5
     assert abs(bd["psnr"]["joint-vs-separate"] + 12.5) < 0.5 and bd["bd-psnr-db"]["mvic-joint"] > 0
+
+
+def test_baselines_are_taken_only_from_a_run_on_the_same_images(tiny_weights, tmp_path, capsys):
+    import json
+
+    from mvic.tools.evaluation.evaluate import main
+
+    common = ["--groups", "1", "--cameras", "2", "--size", "64x96", "--fusion", "off"]
+    first = tmp_path / "first"
+    assert main(["--weights", str(tiny_weights["test-tiny-fast"]), *common, "--baselines", "jpeg", "-o", str(first)]) == 0
+    again = tmp_path / "again"
+    assert main(["--weights", str(tiny_weights["test-tiny-ar"]), *common, "--baselines", "jpeg",
+                 "--baselines-from", str(first), "-o", str(again)]) == 0
+    old, new = (json.loads((d / "results.json").read_text()) for d in (first, again))
+    assert new["groups_sha256"] == old["groups_sha256"] and len(old["groups_sha256"]) == 64
+    assert [r for r in new["rows"] if r["codec"] == "jpeg"] == [r for r in old["rows"] if r["codec"] == "jpeg"]
+    mvic = lambda res: [r["bpp"] for r in res["rows"] if r["codec"] == "mvic-joint"]  # noqa: E731
+    assert mvic(new) != mvic(old)  # the other weights were measured, not copied
+    for other in (["--size", "64x128"], ["--seed", "1001"]):
+        with pytest.raises(SystemExit):
+            main(["--weights", str(tiny_weights["test-tiny-ar"]), *common, *other, "--baselines", "jpeg",
+                  "--baselines-from", str(first), "-o", str(tmp_path / "no")])
+        assert "measured other images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--weights", str(tiny_weights["test-tiny-ar"]), *common, "--baselines", "webp",
+              "--baselines-from", str(first), "-o", str(tmp_path / "no")])
+    assert "has no rows of webp" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()  # a refused run writes nothing

@@ -11,8 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mvic.shared.codec.model import LDMIC
-from mvic.shared.codec.registry import export_weights
+from mvic.shared.codec.registry import export_weights, load_model
 from mvic.shared.model_table import spec_by_name
+from mvic.tools.training.blend import REBUILT
 from mvic.tools.training.graft import ENTROPY_MODEL, main
 from mvic.tools.training.train import init_weights
 
@@ -60,5 +61,41 @@ def test_files_of_other_lineages_or_unknown_prefixes_are_refused(tmp_path, capsy
                        (["--take", str(junk)], "graft:"),
                        (["--take", str(tmp_path / "missing.safetensors")], "graft:")):
         assert main(["--base", str(fast), "-o", str(out), *argv]) == 2, argv
+        assert said in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_head_trained_on_fast_weights_joins_the_autoregressive_ones(tmp_path):
+    """AR weights + the refinement head of fast weights with the same transforms = weights to ship of the AR model
+    with a head: every tensor but the head's is the AR file's, and the record waits beside it for mvic-publish."""
+    ar = _weights(tmp_path, "test-tiny-ar", 2)
+    fast_r = _weights(tmp_path, "test-tiny-fast-r", 3)
+    out = tmp_path / "ar-r.safetensors"
+    assert main(["--base", str(ar), "--take", str(fast_r), "--prefixes", "refine_head.", "--model", "test-tiny-ar-r",
+                 "--record", "-o", str(out)]) == 0
+    got, meta = _tensors(out)
+    (base, _), (take, _) = _tensors(ar), _tensors(fast_r)
+    assert json.loads(meta["mvic"])["model"] == "test-tiny-ar-r"
+    head = [k for k in got if k.startswith("refine_head.")]
+    assert head and all(_shipped(got[k], take[k]) for k in head)
+    assert all(_shipped(got[k], base[k]) for k in got if k not in head and not k.endswith(REBUILT))
+    record = json.loads((tmp_path / "ar-r.safetensors.record.json").read_text())
+    assert record["model"] == "test-tiny-ar-r" and record["name"] == "ar-r"
+    model = load_model(out, sha256=record["sha256"])  # strict, the hash the record names
+    assert model.spec.context.value == "autoregressive" and model.refine_head is not None
+
+
+def _shipped(got: torch.Tensor, source: torch.Tensor) -> bool:
+    """``got`` is ``source`` as shipped weights store it (convolution kernels in float16)."""
+    return torch.equal(got, source.half() if source.dim() == 4 and source.is_floating_point() else source)
+
+
+def test_a_graft_must_make_the_architecture_it_names(tmp_path, capsys):
+    ar, fast_r = _weights(tmp_path, "test-tiny-ar", 2), _weights(tmp_path, "test-tiny-fast-r", 3)
+    out = tmp_path / "out.safetensors"
+    for argv, said in ((["--prefixes", "refine_head.", "--model", "test-tiny-ar"], "not those of test-tiny-ar"),
+                       (["--prefixes", "refine_head.", "--model", "no-such-model"], "unknown model"),
+                       (["--prefixes", "context."], "different tensors")):  # a head outside the prefixes
+        assert main(["--base", str(ar), "--take", str(fast_r), "-o", str(out), *argv]) == 2, argv
         assert said in capsys.readouterr().err
     assert not out.exists()

@@ -11,7 +11,8 @@ from mvic.shared.codec.model import LDMIC
 from mvic.shared.codec.registry import export_weights
 from mvic.shared.model_table import spec_by_name
 from mvic.tools.training.checkpoint import load_state
-from mvic.tools.training.train import ENTROPY_MODEL_PREFIXES, main, param_groups, rd_loss, train_only
+from mvic.shared.codec.records import RDOutput
+from mvic.tools.training.train import ENTROPY_MODEL_PREFIXES, check_metric, main, param_groups, rd_loss, train_only
 
 CONFIG = """
 model: test-tiny-ar
@@ -81,3 +82,40 @@ def test_the_second_context_pass_is_for_autoregressive_models_only(tmp_path):
     cfg.write_text(cfg.read_text().replace("test-tiny-ar", "test-tiny-fast"))
     with pytest.raises(ValueError, match="ar_two_pass is for autoregressive models"):
         main(["--run", str(tmp_path / "fast"), "--config", str(cfg), "--quiet"])
+
+
+def test_a_head_run_from_head_less_weights_trains_the_head_alone(tmp_path):
+    """configs/refine-head-fast-lite.yaml's recipe: fast weights start ldmic-fast-lite-r; only its head moves, so the
+    cameras' bits and every other decoder module stay the starting weights'."""
+    fast = LDMIC(spec_by_name("test-tiny-fast"))
+    export_weights(fast, tmp_path / "fast.safetensors")
+    start = {k: v.clone() for k, v in fast.state_dict().items()}
+    cfg = tmp_path / "cfg.yaml"
+    body = CONFIG.replace("model: test-tiny-ar", "model: test-tiny-fast-r")
+    cfg.write_text(body.format(init=tmp_path / "fast.safetensors", prefixes="[refine_head.]"))
+    run = tmp_path / "run"
+    assert main(["--run", str(run), "--config", str(cfg), "--quiet"]) == 0
+    after = load_state(run)
+    mask = after["context.context_prediction.mask"]  # a fresh model's masked convolution is masked at its 1st step
+    start["context.context_prediction.weight"] *= mask
+    same = [k for k in start if k in after and not k.endswith(("_quantized_cdf", "_offset", "_cdf_length"))]
+    assert len(same) > 100 and all(torch.equal(after[k], start[k]) for k in same)
+    head = [k for k in after if k.startswith("refine_head.") and k.endswith("weight")]
+    assert head and torch.count_nonzero(after[head[-1]]) > 0  # the zero output layer has learnt something
+    rows = (run / "log.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and all(r.split(",")[3] != "nan" for r in rows)  # the distortion is the loss
+
+
+def test_the_psnr_metric_is_for_runs_that_cannot_move_the_bits():
+    model = LDMIC(spec_by_name("test-tiny-fast-r"))
+    train_only(model, ("refine_head.",))
+    check_metric(model, "psnr")  # the head alone: allowed
+    train_only(model, ("refine_head.", "gains."))
+    with pytest.raises(ValueError, match=r"gains\.\S+ trains and moves the bits"):
+        check_metric(model, "psnr")
+    check_metric(model, "mse")  # the rate term is there: anything may train
+    x = torch.full((2, 1, 3, 64, 64), 0.5)
+    x_hat = x + torch.tensor([0.1, 0.01]).view(2, 1, 1, 1, 1)  # PSNR 20 and 40 dB
+    out = RDOutput(x_hat, torch.full((2, 1, 24, 4, 4), 0.5), torch.full((2, 1, 16, 1, 1), 0.5))
+    loss, _, _ = rd_loss(out, x, torch.tensor([0, 4]), torch.tensor([1.0, 2, 3, 4, 1000]), "psnr")
+    assert abs(float(loss) + 30.0) < 1e-3  # -(20 + 40) / 2, whatever the lambdas
