@@ -37,6 +37,8 @@ from mvic.tools.training.train import ENTROPY_MODEL_PREFIXES
 #: The entropy model of an LDMIC, what the autoregressive and the checkerboard models do not share in meaning: the
 #: parameters optim.train_only trains in a refresh, and the Gaussian conditional's tables (buffers only)
 ENTROPY_MODEL = (*ENTROPY_MODEL_PREFIXES, "gaussian_conditional.")
+#: tables update() sizes from the entropy model they belong to: kept from --base with it, whatever their size in --take
+CDF_TABLES = ("._quantized_cdf", "._offset", "._cdf_length", ".scale_table")
 
 
 def graft(base: Path, take: Path, out: Path, prefixes: tuple[str, ...] = ENTROPY_MODEL, model: str | None = None,
@@ -59,7 +61,7 @@ def graft(base: Path, take: Path, out: Path, prefixes: tuple[str, ...] = ENTROPY
                 taken += 1
                 continue
             tensor = b.get_tensor(key)
-            if tuple(tensor.shape) != tuple(t.get_slice(key).get_shape()):
+            if tuple(tensor.shape) != tuple(t.get_slice(key).get_shape()) and not key.endswith(CDF_TABLES):
                 raise ValueError(f"{key}: {base.name} has shape {tuple(tensor.shape)}, {take.name} "
                                  f"{tuple(t.get_slice(key).get_shape())}; take it too (--prefixes) or use other files")
             state[key] = tensor

@@ -68,7 +68,12 @@ def test_files_of_other_lineages_or_unknown_prefixes_are_refused(tmp_path, capsy
 def test_a_head_trained_on_fast_weights_joins_the_autoregressive_ones(tmp_path):
     """AR weights + the refinement head of fast weights with the same transforms = weights to ship of the AR model
     with a head: every tensor but the head's is the AR file's, and the record waits beside it for mvic-publish."""
-    ar = _weights(tmp_path, "test-tiny-ar", 2)
+    torch.manual_seed(2)
+    model = LDMIC(spec_by_name("test-tiny-ar")).eval()
+    with torch.no_grad():  # a refreshed entropy model: its CDF tables have another length than the fast file's
+        model.entropy_bottleneck.quantiles[:, :, 0] -= 7.0
+    ar = tmp_path / "ar.safetensors"
+    export_weights(model, ar)
     fast_r = _weights(tmp_path, "test-tiny-fast-r", 3)
     out = tmp_path / "ar-r.safetensors"
     assert main(["--base", str(ar), "--take", str(fast_r), "--prefixes", "refine_head.", "--model", "test-tiny-ar-r",
@@ -78,7 +83,9 @@ def test_a_head_trained_on_fast_weights_joins_the_autoregressive_ones(tmp_path):
     assert json.loads(meta["mvic"])["model"] == "test-tiny-ar-r"
     head = [k for k in got if k.startswith("refine_head.")]
     assert head and all(_shipped(got[k], take[k]) for k in head)
+    assert base["entropy_bottleneck._quantized_cdf"].shape != take["entropy_bottleneck._quantized_cdf"].shape
     assert all(_shipped(got[k], base[k]) for k in got if k not in head and not k.endswith(REBUILT))
+    assert got["entropy_bottleneck._quantized_cdf"].shape == base["entropy_bottleneck._quantized_cdf"].shape
     record = json.loads((tmp_path / "ar-r.safetensors.record.json").read_text())
     assert record["model"] == "test-tiny-ar-r" and record["name"] == "ar-r"
     model = load_model(out, sha256=record["sha256"])  # strict, the hash the record names
