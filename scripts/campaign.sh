@@ -72,6 +72,25 @@ shipped_fast() {
 DEFAULT_MODEL as m; print(d(m).path)"
 }
 
+# exit unless the training data is there (start builds it)
+need_data() {
+  [ -f "$runs/data/corpus/manifest.json" ] && return 0
+  echo "campaign: no training data under $runs/data; scripts/campaign.sh start builds it (then stop it if need be)" >&2
+  exit 1
+}
+
+# mvic-eval of exports/$3.safetensors (measured afresh) and of weights file $2 (eval/$1-<set>, once) on both sets,
+# then BD-rate of the first against the second on each
+measure_against() {
+  rm -rf "$runs/eval/$3-synthetic" "$runs/eval/$3-stereo-photos"
+  evaluate "$1" "$2"
+  evaluate "$3" "$runs/exports/$3.safetensors"
+  local ds
+  for ds in synthetic stereo-photos; do
+    "$B/python" -m mvic.tools.evaluation.compare --anchor "$runs/eval/$1-$ds" --test "$runs/eval/$3-$ds"
+  done
+}
+
 # whether weights file $1 holds a decoder-only refinement head (ldmic-fast-lite-r, ldmic-lite-r)
 has_head() {
   "$B/python" -c "import sys; from safetensors import safe_open; f = safe_open(sys.argv[1], 'pt'); \
@@ -167,9 +186,7 @@ case "${1:-status}" in
     exit 0 ;;
   refresh-ar)
     minutes=${2:?usage: campaign.sh refresh-ar MINUTES [FAST_WEIGHTS [AR_WEIGHTS]]}
-    [ -f "$runs/data/corpus/manifest.json" ] || {
-      echo "campaign: no training data under $runs/data; scripts/campaign.sh start builds it (then stop it if need be)" >&2
-      exit 1; }
+    need_data
     fast=${3:-$(shipped_fast)}
     fast=$(realpath "$fast")
     stem=$(basename "$fast" .safetensors)
@@ -188,18 +205,11 @@ case "${1:-status}" in
         --prefixes refine_head. --model ldmic-lite-r --record -o "$runs/exports/$name-r.safetensors"
       name=$name-r
     fi
-    rm -rf "$runs/eval/$name-synthetic" "$runs/eval/$name-stereo-photos"
-    evaluate "$stem" "$fast"
-    evaluate "$name" "$runs/exports/$name.safetensors"
-    for ds in synthetic stereo-photos; do
-      "$B/python" -m mvic.tools.evaluation.compare --anchor "$runs/eval/$stem-$ds" --test "$runs/eval/$name-$ds"
-    done
+    measure_against "$stem" "$fast" "$name"
     exit 0 ;;
   head)
     minutes=${2:?usage: campaign.sh head MINUTES [FAST_WEIGHTS [AR_WEIGHTS]]}
-    [ -f "$runs/data/corpus/manifest.json" ] || {
-      echo "campaign: no training data under $runs/data; scripts/campaign.sh start builds it (then stop it if need be)" >&2
-      exit 1; }
+    need_data
     fast=$(realpath "${3:-$(shipped_fast)}")
     stem=$(basename "$fast" .safetensors)
     name=head-on-$stem
@@ -214,14 +224,7 @@ case "${1:-status}" in
         --prefixes refine_head. --model ldmic-lite-r --record -o "$runs/exports/$ar_name.safetensors"
       tested+=("$ar_name")
     fi
-    evaluate "$stem" "$fast"
-    for t in "${tested[@]}"; do
-      rm -rf "$runs/eval/$t-synthetic" "$runs/eval/$t-stereo-photos"
-      evaluate "$t" "$runs/exports/$t.safetensors"
-      for ds in synthetic stereo-photos; do
-        "$B/python" -m mvic.tools.evaluation.compare --anchor "$runs/eval/$stem-$ds" --test "$runs/eval/$t-$ds"
-      done
-    done
+    for t in "${tested[@]}"; do measure_against "$stem" "$fast" "$t"; done
     exit 0 ;;
   start) ;;
   *) echo "usage: campaign.sh start [INIT] | status | stop | export | anneal STEPS | rebase INIT STEPS HOURS" \

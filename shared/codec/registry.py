@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 FORMAT_TAG = "mvic-weights-1"
+#: Name endings of the tables ``update()`` sizes and fills from the entropy models (an export writes them; loading
+#: resizes them): they belong to the entropy model beside them, whatever their size in another file.
+CDF_TABLES = ("._quantized_cdf", "._offset", "._cdf_length", ".scale_table")
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from mvic.shared.codec.registry import export_weights, load_model, write_sidecar_record
+from mvic.shared.codec.registry import CDF_TABLES, export_weights, load_model, write_sidecar_record
 from mvic.shared.errors import MVICError
 
 #: tensors sized and filled by update() from the blended parameters, and the masks the architecture fixes
-REBUILT = ("._quantized_cdf", "._offset", "._cdf_length", ".scale_table", ".mask")
+REBUILT = (*CDF_TABLES, ".mask")
 
 
 def blend(start: Path, end: Path, weight: float, out: Path) -> str:

@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mvic.shared.codec.model import LDMIC
-from mvic.shared.codec.registry import FORMAT_TAG, export_weights, load_model, write_sidecar_record
+from mvic.shared.codec.registry import CDF_TABLES, FORMAT_TAG, export_weights, write_sidecar_record
 from mvic.shared.errors import MVICError
 from mvic.shared.model_table import spec_by_name
 from mvic.tools.training.train import ENTROPY_MODEL_PREFIXES
@@ -37,8 +37,6 @@ from mvic.tools.training.train import ENTROPY_MODEL_PREFIXES
 #: The entropy model of an LDMIC, what the autoregressive and the checkerboard models do not share in meaning: the
 #: parameters optim.train_only trains in a refresh, and the Gaussian conditional's tables (buffers only)
 ENTROPY_MODEL = (*ENTROPY_MODEL_PREFIXES, "gaussian_conditional.")
-#: tables update() sizes from the entropy model they belong to: kept from --base with it, whatever their size in --take
-CDF_TABLES = ("._quantized_cdf", "._offset", "._cdf_length", ".scale_table")
 
 
 def graft(base: Path, take: Path, out: Path, prefixes: tuple[str, ...] = ENTROPY_MODEL, model: str | None = None,
@@ -75,14 +73,19 @@ def graft(base: Path, take: Path, out: Path, prefixes: tuple[str, ...] = ENTROPY
                              "lineage, or name the architecture they make")
         metadata = {"mvic": json.dumps({"format": FORMAT_TAG, "model": spec.name, "model_id": spec.model_id},
                                        sort_keys=True)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata=metadata)
     if record:  # through the exporter: strict load, CDF tables rebuilt, float16 kernels, the record for mvic-publish
-        net = load_model(out)
+        named = json.loads((metadata or {}).get("mvic", "{}")).get("model", "")
+        net = LDMIC(spec_by_name(model or named)).eval()  # ConfigError for a file that names no architecture
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"the graft does not load into {net.spec.name}: {exc}") from None
         digest = export_weights(net, out, fp16_kernels=True)
-        write_sidecar_record(out, digest, net.spec.name, "mse",
-                             f"{base.name} with {', '.join(prefixes)} from {take.name} (python -m "
-                             "mvic.tools.training.graft)")
+        write_sidecar_record(out, digest, net.spec.name, "mse", f"{base.name} with {', '.join(prefixes)} from "
+                                                           f"{take.name} (python -m mvic.tools.training.graft)")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(out), metadata=metadata)
     return taken
 
 

@@ -28,7 +28,7 @@ from pytorch_msssim import ms_ssim
 from tqdm import tqdm
 
 from mvic.shared.codec.model import LDMIC, RDOutput
-from mvic.shared.codec.registry import export_weights, write_sidecar_record
+from mvic.shared.codec.registry import CDF_TABLES, export_weights, write_sidecar_record
 from mvic.shared.config import to_dict
 from mvic.shared.errors import ConfigError, WeightsError
 from mvic.shared.model_table import ContextModel, spec_by_name
@@ -191,9 +191,8 @@ def init_weights(model: LDMIC, source: Path) -> None:
     """
     state = load_state(source)
     own = model.state_dict()
-    cdf_tables = ("._quantized_cdf", "._offset", "._cdf_length", ".scale_table")  # sized by update(); loading resizes
     taken = {k: v for k, v in state.items()
-             if k in own and not k.endswith(".mask") and (own[k].shape == v.shape or k.endswith(cdf_tables))}
+             if k in own and not k.endswith(".mask") and (own[k].shape == v.shape or k.endswith(CDF_TABLES))}
     taken.update({k: v for k, v in own.items() if k.endswith(".mask")})
     # a refinement head the source lacks starts as initialised, adding nothing (refine_head.py)
     taken.update({k: v for k, v in own.items() if k.startswith("refine_head.") and k not in taken})
